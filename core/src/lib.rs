@@ -1,1 +1,22 @@
-pub fn placeholder() {}
+//! Pure core of `ngx_http_cf_access`: everything that decides whether a Cloudflare Access
+//! token is good, with no nginx linkage, so it is unit-tested by plain `cargo test`.
+//!
+//! - [`token`]: splitting and decoding a compact JWS, header checks (RS256 only).
+//! - [`jwks`]: the certs endpoint's JSON (`keys` only; `public_cert(s)` are never read).
+//! - [`policy`]: the claims rules (`exp`/`nbf`/`iat` with leeway, `iss`, `aud`, `type`).
+//! - [`verify`]: the whole check, in the order that never trusts unverified data.
+//! - [`schedule`]: when a refresher fetches next.
+//!
+//! Time is always passed in (`now`, unix seconds); nothing here reads the clock.
+
+pub mod error;
+pub mod jwks;
+pub mod policy;
+pub mod schedule;
+pub mod token;
+pub mod verify;
+
+pub use error::{Status, VerifyError};
+pub use jwks::{JwksError, KeySet};
+pub use policy::{Claims, Policy};
+pub use verify::{verify, Identity};
