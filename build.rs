@@ -37,7 +37,10 @@ fn main() {
     }
     println!("cargo::rerun-if-env-changed=DEP_NGINX_VERSION_NUMBER");
     println!("cargo::rustc-check-cfg=cfg(nginx1_25_1)");
-    if let Some(n) = env::var("DEP_NGINX_VERSION_NUMBER").ok().and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(n) = env::var("DEP_NGINX_VERSION_NUMBER")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         if n >= 1_025_001 {
             println!("cargo::rustc-cfg=nginx1_25_1");
         }

@@ -10,6 +10,7 @@
 //! Time is always passed in (`now`, unix seconds); nothing here reads the clock.
 
 pub mod error;
+pub mod extract;
 pub mod jwks;
 pub mod policy;
 pub mod schedule;

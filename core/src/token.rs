@@ -156,7 +156,7 @@ mod tests {
             format!("{good}.e30.c2ln.x"),
             format!("{good}.e30.c2ln.x.y"),
             format!("{good}..c2ln"),
-            format!(".e30.c2ln"),
+            ".e30.c2ln".to_string(),
             format!("{good}.e30."),
             format!("{good}=.e30.c2ln"),
             "!!!.e30.c2ln".to_string(),
