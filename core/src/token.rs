@@ -72,7 +72,7 @@ pub fn parse(token: &str) -> Result<Token<'_>, VerifyError> {
     else {
         return Err(VerifyError::Malformed("not three dot-separated segments"));
     };
-    if header.is_empty() || payload.is_empty() || signature.is_empty() {
+    if header.is_empty() {
         return Err(VerifyError::Malformed("empty segment"));
     }
     let signing_input = &token[..header.len() + 1 + payload.len()];
@@ -83,6 +83,10 @@ pub fn parse(token: &str) -> Result<Token<'_>, VerifyError> {
     match header.alg {
         serde_json::Value::String(ref alg) if alg == ALG => {}
         _ => return Err(VerifyError::BadAlg),
+    }
+    // Checked after alg, so that `alg: none` (usually with no signature) reads as such.
+    if payload.is_empty() || signature.is_empty() {
+        return Err(VerifyError::Malformed("empty segment"));
     }
     if header.crit.is_some() {
         return Err(VerifyError::Malformed("unsupported crit header"));

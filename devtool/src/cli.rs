@@ -1,0 +1,439 @@
+//! Hand-written argument parsing for the `cf-access-dev` binary.
+
+use serde_json::Value;
+
+pub const USAGE: &str = "\
+cf-access-dev: a local stand-in for Cloudflare Access (keys, certs endpoint, tokens)
+
+USAGE:
+    cf-access-dev keygen --out FILE [--force]
+    cf-access-dev jwks --key FILE [--key FILE...]
+    cf-access-dev serve [--listen ADDR] --key FILE [--key FILE...] [--allow-non-loopback]
+    cf-access-dev mint --key FILE --team TEAM_DOMAIN --aud TAG [--aud TAG...]
+                       [--email EMAIL | --service COMMON_NAME] [--ttl SECONDS]
+                       [--nbf-offset SECONDS] [--claim NAME=VALUE...] [--no-claim NAME...]
+    cf-access-dev help | --help | -h
+
+COMMANDS:
+    keygen   Write a new RSA-2048 private key (PKCS#8 PEM) to FILE, print its kid.
+             Refuses to overwrite an existing FILE unless --force.
+    jwks     Print the certs JSON Cloudflare serves at /cdn-cgi/access/certs:
+             {\"keys\":[...],\"public_cert\":{...},\"public_certs\":[...]}.
+             Keys keep the given order; the LAST --key is the current one.
+    serve    Serve that JSON over HTTP at any path (default --listen 127.0.0.1:8787),
+             print the URL (http://ADDR/cdn-cgi/access/certs), run until killed.
+             The key files are re-read on every request, so replacing or adding a
+             file rotates keys. Non-loopback addresses need --allow-non-loopback.
+    mint     Print an RS256 application token signed by --key (header kid = its kid).
+             A user token for --email (default user@example.com), or a service
+             token for --service COMMON_NAME (e.g. 0123abcd.access).
+
+MINT OPTIONS:
+    --team TEAM_DOMAIN   e.g. myteam.cloudflareaccess.com (https:// and a trailing /
+                         are stripped); iss = https://TEAM_DOMAIN
+    --aud TAG            application audience tag; repeat for several
+    --ttl SECONDS        exp = now + SECONDS (default 3600; negative = expired)
+    --nbf-offset SECONDS nbf = now + SECONDS (positive = not yet valid)
+    --claim NAME=VALUE   set a claim; VALUE is parsed as JSON if it can be,
+                         else taken as a string (--claim exp=0, --claim email=x@y)
+    --no-claim NAME      remove a claim (e.g. --no-claim exp)
+
+Options also accept the --name=value form. Exit codes: 0 ok, 1 error, 2 usage error.
+";
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+pub const DEFAULT_EMAIL: &str = "user@example.com";
+pub const DEFAULT_TTL: i64 = 3600;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Help,
+    Version,
+    Keygen {
+        out: String,
+        force: bool,
+    },
+    Jwks {
+        keys: Vec<String>,
+    },
+    Serve {
+        listen: String,
+        keys: Vec<String>,
+        allow_non_loopback: bool,
+    },
+    Mint(Mint),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Identity {
+    Email(String),
+    Service(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mint {
+    pub key: String,
+    pub team: String,
+    pub aud: Vec<String>,
+    pub identity: Identity,
+    pub ttl: i64,
+    pub nbf_offset: Option<i64>,
+    /// In command-line order; later ones win.
+    pub claims: Vec<(String, Value)>,
+    pub remove: Vec<String>,
+}
+
+/// A usage error: print it with a hint to `--help`, exit 2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, UsageError> {
+    Err(UsageError(msg.into()))
+}
+
+/// Splits `--name=value` / `--name value` / `--flag` from the arguments
+/// following the subcommand.
+struct Opts<'a> {
+    args: &'a [String],
+    pos: usize,
+}
+
+impl<'a> Opts<'a> {
+    /// Next (name, inline value) or None at the end.
+    fn next_name(&mut self) -> Result<Option<(&'a str, Option<&'a str>)>, UsageError> {
+        let Some(arg) = self.args.get(self.pos) else {
+            return Ok(None);
+        };
+        self.pos += 1;
+        if !arg.starts_with("--") && arg != "-h" {
+            return err(format!("unexpected argument {arg:?}"));
+        }
+        Ok(Some(match arg.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (arg.as_str(), None),
+        }))
+    }
+
+    fn value(&mut self, name: &str, inline: Option<&'a str>) -> Result<&'a str, UsageError> {
+        if let Some(v) = inline {
+            return Ok(v);
+        }
+        match self.args.get(self.pos) {
+            Some(v) => {
+                self.pos += 1;
+                Ok(v)
+            }
+            None => err(format!("{name} needs a value")),
+        }
+    }
+}
+
+fn no_value(name: &str, inline: Option<&str>) -> Result<(), UsageError> {
+    match inline {
+        Some(_) => err(format!("{name} takes no value")),
+        None => Ok(()),
+    }
+}
+
+fn int(name: &str, v: &str) -> Result<i64, UsageError> {
+    v.trim()
+        .parse()
+        .map_err(|_| UsageError(format!("{name}: not an integer: {v:?}")))
+}
+
+fn once(slot: &mut Option<String>, name: &str, v: &str) -> Result<(), UsageError> {
+    if slot.is_some() {
+        return err(format!("{name} given twice"));
+    }
+    *slot = Some(v.to_string());
+    Ok(())
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Command, UsageError> {
+    let Some(cmd) = args.first() else {
+        return err("missing command");
+    };
+    let rest = &args[1..];
+    if rest.iter().any(|a| a == "--help" || a == "-h") {
+        return Ok(Command::Help);
+    }
+    let mut o = Opts { args: rest, pos: 0 };
+    match cmd.as_str() {
+        "help" | "--help" | "-h" => Ok(Command::Help),
+        "--version" | "-V" | "version" => Ok(Command::Version),
+        "keygen" => {
+            let (mut out, mut force) = (None, false);
+            while let Some((name, inline)) = o.next_name()? {
+                match name {
+                    "--out" => once(&mut out, name, o.value(name, inline)?)?,
+                    "--force" => {
+                        no_value(name, inline)?;
+                        force = true;
+                    }
+                    _ => return err(format!("keygen: unknown option {name}")),
+                }
+            }
+            let out = out.ok_or_else(|| UsageError("keygen: --out FILE is required".into()))?;
+            Ok(Command::Keygen { out, force })
+        }
+        "jwks" => {
+            let mut keys = Vec::new();
+            while let Some((name, inline)) = o.next_name()? {
+                match name {
+                    "--key" => keys.push(o.value(name, inline)?.to_string()),
+                    _ => return err(format!("jwks: unknown option {name}")),
+                }
+            }
+            if keys.is_empty() {
+                return err("jwks: at least one --key FILE is required");
+            }
+            Ok(Command::Jwks { keys })
+        }
+        "serve" => {
+            let (mut keys, mut listen, mut allow) = (Vec::new(), None, false);
+            while let Some((name, inline)) = o.next_name()? {
+                match name {
+                    "--key" => keys.push(o.value(name, inline)?.to_string()),
+                    "--listen" => once(&mut listen, name, o.value(name, inline)?)?,
+                    "--allow-non-loopback" => {
+                        no_value(name, inline)?;
+                        allow = true;
+                    }
+                    _ => return err(format!("serve: unknown option {name}")),
+                }
+            }
+            if keys.is_empty() {
+                return err("serve: at least one --key FILE is required");
+            }
+            Ok(Command::Serve {
+                listen: listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+                keys,
+                allow_non_loopback: allow,
+            })
+        }
+        "mint" => parse_mint(&mut o).map(Command::Mint),
+        other => err(format!("unknown command {other:?}")),
+    }
+}
+
+fn parse_mint(o: &mut Opts<'_>) -> Result<Mint, UsageError> {
+    let (mut key, mut team, mut email, mut service) = (None, None, None, None);
+    let (mut ttl, mut nbf) = (None, None);
+    let mut aud = Vec::new();
+    let mut claims = Vec::new();
+    let mut remove = Vec::new();
+    while let Some((name, inline)) = o.next_name()? {
+        let v = o.value(name, inline);
+        match name {
+            "--key" => once(&mut key, name, v?)?,
+            "--team" => once(&mut team, name, v?)?,
+            "--aud" => aud.push(v?.to_string()),
+            "--email" => once(&mut email, name, v?)?,
+            "--service" => once(&mut service, name, v?)?,
+            "--ttl" => once(&mut ttl, name, v?)?,
+            "--nbf-offset" => once(&mut nbf, name, v?)?,
+            "--claim" => {
+                let v = v?;
+                let Some((n, raw)) = v.split_once('=') else {
+                    return err(format!("--claim wants NAME=VALUE, got {v:?}"));
+                };
+                if n.is_empty() {
+                    return err(format!("--claim: empty claim name in {v:?}"));
+                }
+                let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
+                claims.push((n.to_string(), value));
+            }
+            "--no-claim" => remove.push(v?.to_string()),
+            _ => return err(format!("mint: unknown option {name}")),
+        }
+    }
+    let key = key.ok_or_else(|| UsageError("mint: --key FILE is required".into()))?;
+    let team = team.ok_or_else(|| UsageError("mint: --team TEAM_DOMAIN is required".into()))?;
+    if cf_access_dev::normalize_team_domain(&team).is_empty() {
+        return err("mint: --team is empty");
+    }
+    if aud.is_empty() {
+        return err("mint: --aud TAG is required");
+    }
+    let identity = match (email, service) {
+        (Some(_), Some(_)) => return err("mint: --email and --service are exclusive"),
+        (Some(e), None) => Identity::Email(e),
+        (None, Some(s)) => Identity::Service(s),
+        (None, None) => Identity::Email(DEFAULT_EMAIL.to_string()),
+    };
+    let ttl = match ttl {
+        Some(t) => int("--ttl", &t)?,
+        None => DEFAULT_TTL,
+    };
+    let nbf_offset = nbf.map(|n| int("--nbf-offset", &n)).transpose()?;
+    Ok(Mint {
+        key,
+        team,
+        aud,
+        identity,
+        ttl,
+        nbf_offset,
+        claims,
+        remove,
+    })
+}
+
+/// The claims `mint` signs, at time `now`.
+pub fn mint_claims(m: &Mint, now: i64) -> Value {
+    let first = &m.aud[0];
+    let mut claims = match &m.identity {
+        Identity::Email(e) => cf_access_dev::user_claims(&m.team, first, e, now, m.ttl),
+        Identity::Service(cn) => cf_access_dev::service_claims(&m.team, first, cn, now, m.ttl),
+    };
+    claims["aud"] = Value::from(m.aud.clone());
+    if let Some(off) = m.nbf_offset {
+        claims["nbf"] = Value::from(now + off);
+    }
+    let obj = claims.as_object_mut().expect("claims are an object");
+    for (n, v) in &m.claims {
+        obj.insert(n.clone(), v.clone());
+    }
+    for n in &m.remove {
+        obj.remove(n);
+    }
+    claims
+}
+
+/// Whether `listen` resolves only to loopback addresses.
+pub fn is_loopback(addrs: &[std::net::SocketAddr]) -> bool {
+    !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn p(s: &str) -> Result<Command, UsageError> {
+        let v: Vec<String> = s.split_whitespace().map(String::from).collect();
+        parse(&v)
+    }
+
+    #[test]
+    fn help_and_errors() {
+        assert_eq!(p("--help"), Ok(Command::Help));
+        assert_eq!(p("help"), Ok(Command::Help));
+        assert_eq!(p("mint -h"), Ok(Command::Help));
+        assert_eq!(p("serve --key a --help"), Ok(Command::Help));
+        assert!(p("").is_err());
+        assert!(p("frobnicate").is_err());
+        assert!(p("keygen").is_err());
+        assert!(p("keygen --out").is_err());
+        assert!(p("keygen --out a --bogus").is_err());
+        assert!(p("keygen --out a stray").is_err());
+        assert!(p("keygen --out a --out b").is_err());
+        assert!(p("jwks").is_err());
+        assert!(p("serve").is_err());
+        assert!(p("serve --key a --allow-non-loopback=yes").is_err());
+    }
+
+    #[test]
+    fn keygen_jwks_serve() {
+        assert_eq!(
+            p("keygen --out k.pem"),
+            Ok(Command::Keygen {
+                out: "k.pem".into(),
+                force: false
+            })
+        );
+        assert_eq!(
+            p("keygen --out=k.pem --force"),
+            Ok(Command::Keygen {
+                out: "k.pem".into(),
+                force: true
+            })
+        );
+        assert_eq!(
+            p("jwks --key a --key=b"),
+            Ok(Command::Jwks {
+                keys: vec!["a".into(), "b".into()]
+            })
+        );
+        assert_eq!(
+            p("serve --key a"),
+            Ok(Command::Serve {
+                listen: DEFAULT_LISTEN.into(),
+                keys: vec!["a".into()],
+                allow_non_loopback: false
+            })
+        );
+        assert_eq!(
+            p("serve --listen 0.0.0.0:9 --allow-non-loopback --key a --key b"),
+            Ok(Command::Serve {
+                listen: "0.0.0.0:9".into(),
+                keys: vec!["a".into(), "b".into()],
+                allow_non_loopback: true
+            })
+        );
+    }
+
+    #[test]
+    fn mint_parsing() {
+        let Ok(Command::Mint(m)) = p("mint --key k --team https://t.cloudflareaccess.com/ --aud A")
+        else {
+            panic!()
+        };
+        assert_eq!(m.identity, Identity::Email(DEFAULT_EMAIL.into()));
+        assert_eq!(m.ttl, 3600);
+        assert_eq!(m.nbf_offset, None);
+
+        let Ok(Command::Mint(m)) = p(
+            "mint --key k --team t --aud A --aud B --service id.access --ttl -5 \
+             --nbf-offset 30 --claim country=\"FR\" --claim exp=7 --claim x={\"a\":1} \
+             --claim plain=hello --no-claim identity_nonce",
+        ) else {
+            panic!()
+        };
+        assert_eq!(m.identity, Identity::Service("id.access".into()));
+        assert_eq!(m.ttl, -5);
+        assert_eq!(m.nbf_offset, Some(30));
+        let c = mint_claims(&m, 1000);
+        assert_eq!(c["aud"], json!(["A", "B"]));
+        assert_eq!(c["iss"], "https://t");
+        assert_eq!(c["nbf"], 1030);
+        assert_eq!(c["exp"], 7);
+        assert_eq!(c["country"], "FR");
+        assert_eq!(c["x"], json!({"a": 1}));
+        assert_eq!(c["plain"], "hello");
+        assert_eq!(c["common_name"], "id.access");
+        assert!(c.get("identity_nonce").is_none());
+        assert!(c.get("email").is_none());
+
+        let Ok(Command::Mint(m)) = p("mint --key k --team t --aud A --email a@b --ttl 10") else {
+            panic!()
+        };
+        let c = mint_claims(&m, 1000);
+        assert_eq!(c["email"], "a@b");
+        assert_eq!(c["exp"], 1010);
+        assert_eq!(c["nbf"], 1000);
+
+        assert!(p("mint --key k --team t").is_err());
+        assert!(p("mint --key k --aud A").is_err());
+        assert!(p("mint --team t --aud A").is_err());
+        assert!(p("mint --key k --team t --aud A --email e --service s").is_err());
+        assert!(p("mint --key k --team t --aud A --ttl soon").is_err());
+        assert!(p("mint --key k --team t --aud A --claim noequals").is_err());
+        assert!(p("mint --key k --team / --aud A").is_err());
+    }
+
+    #[test]
+    fn loopback_check() {
+        assert!(is_loopback(&["127.0.0.1:1".parse().unwrap()]));
+        assert!(is_loopback(&["[::1]:1".parse().unwrap()]));
+        assert!(!is_loopback(&["0.0.0.0:1".parse().unwrap()]));
+        assert!(!is_loopback(&["192.168.1.1:1".parse().unwrap()]));
+        assert!(!is_loopback(&[]));
+    }
+}

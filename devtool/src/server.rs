@@ -1,0 +1,546 @@
+//! A loopback HTTP/1.1 server standing in for `/cdn-cgi/access/certs`.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::{certs_json, KeyPair};
+
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Granularity at which blocked connection threads notice a shutdown.
+const TICK: Duration = Duration::from_millis(50);
+/// Connections served at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 512;
+
+/// What the server does with the next request(s).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Behavior {
+    /// 200, `application/json`, with Content-Length.
+    Json(String),
+    /// That status with that body (`application/json` if the body looks
+    /// like JSON, else `text/plain`).
+    Status(u16, String),
+    /// Accept, read the request, never answer: the socket is held until the
+    /// client closes it or the server is dropped.
+    Hang,
+    /// 200 JSON after `delay_ms`.
+    Slow { body: String, delay_ms: u64 },
+    /// These bytes verbatim, then close (truncated/huge/garbage answers).
+    Raw(Vec<u8>),
+}
+
+type Handler = Arc<dyn Fn() -> Behavior + Send + Sync>;
+
+enum Source {
+    Fixed(Behavior),
+    Dynamic(Handler),
+}
+
+struct Shared {
+    source: Mutex<Source>,
+    hits: AtomicUsize,
+    stop: AtomicBool,
+    /// Clones of the live connections' sockets, to unblock them on drop.
+    conns: Mutex<HashMap<u64, TcpStream>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn behavior(&self) -> Behavior {
+        let handler = match &*lock(&self.source) {
+            Source::Fixed(b) => return b.clone(),
+            Source::Dynamic(h) => h.clone(),
+        };
+        handler()
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// A loopback HTTP/1.1 server answering every path (and method) with the
+/// current [`Behavior`], one thread per connection, `Connection: close`.
+/// Dropping it stops the accept loop and every connection thread promptly.
+pub struct CertsServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl CertsServer {
+    /// Starts on `127.0.0.1:0`. Panics if it cannot bind.
+    pub fn start(initial: Behavior) -> CertsServer {
+        Self::start_on(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            Source::Fixed(initial),
+        )
+        .expect("bind 127.0.0.1:0")
+    }
+
+    /// Starts on `127.0.0.1:0` serving `Json(certs_json(keys))`.
+    pub fn start_with_keys(keys: &[&KeyPair]) -> CertsServer {
+        Self::start(Behavior::Json(certs_json(keys)))
+    }
+
+    /// Starts on `listen`, asking `handler` for the behavior of each request
+    /// (the CLI's `serve` uses it to re-read key files per request).
+    /// [`CertsServer::set`] replaces the handler with a fixed behavior.
+    pub fn start_dynamic(
+        listen: SocketAddr,
+        handler: impl Fn() -> Behavior + Send + Sync + 'static,
+    ) -> io::Result<CertsServer> {
+        Self::start_on(listen, Source::Dynamic(Arc::new(handler)))
+    }
+
+    fn start_on(listen: SocketAddr, source: Source) -> io::Result<CertsServer> {
+        let listener = TcpListener::bind(listen)?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            source: Mutex::new(source),
+            hits: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
+        });
+        let s = shared.clone();
+        let accept = thread::Builder::new()
+            .name("cf-access-dev-accept".into())
+            .spawn(move || accept_loop(listener, s))?;
+        Ok(CertsServer {
+            addr,
+            shared,
+            accept: Some(accept),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/cdn-cgi/access/certs`
+    pub fn url(&self) -> String {
+        format!("http://{}/cdn-cgi/access/certs", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Takes effect for the next request.
+    pub fn set(&self, b: Behavior) {
+        *lock(&self.shared.source) = Source::Fixed(b);
+    }
+
+    /// `set(Behavior::Json(certs_json(keys)))`.
+    pub fn set_keys(&self, keys: &[&KeyPair]) {
+        self.set(Behavior::Json(certs_json(keys)));
+    }
+
+    /// Requests received so far (complete request heads, whatever the answer).
+    pub fn hits(&self) -> usize {
+        self.shared.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CertsServer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Unblock every connection (Hang, Slow, pending reads and writes).
+        for stream in lock(&self.shared.conns).values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        // Wake the accept loop.
+        let wake = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::from((Ipv4Addr::LOCALHOST, self.addr.port()))
+            }
+            IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::from((Ipv6Addr::LOCALHOST, self.addr.port()))
+            }
+            _ => self.addr,
+        };
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let next_id = AtomicU64::new(0);
+    let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    for incoming in listener.incoming() {
+        if shared.stopping() {
+            break;
+        }
+        let stream = match incoming {
+            Ok(s) => s,
+            Err(_) => {
+                // EMFILE and friends: back off instead of spinning.
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        workers.retain(|h| !h.is_finished());
+        if workers.len() >= MAX_CONNECTIONS {
+            continue; // drops (closes) the stream
+        }
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            // Registering under the lock and re-checking `stop` there means
+            // Drop's sweep cannot miss this connection.
+            let mut conns = lock(&shared.conns);
+            if shared.stopping() {
+                break;
+            }
+            match stream.try_clone() {
+                Ok(clone) => {
+                    conns.insert(id, clone);
+                }
+                Err(_) => continue,
+            }
+        }
+        let s = shared.clone();
+        let spawned = thread::Builder::new()
+            .name("cf-access-dev-conn".into())
+            .spawn(move || {
+                let _guard = Deregister(&s, id);
+                let _ = handle(stream, &s);
+            });
+        match spawned {
+            Ok(h) => workers.push(h),
+            Err(_) => {
+                lock(&shared.conns).remove(&id);
+            }
+        }
+    }
+    for h in workers {
+        let _ = h.join();
+    }
+}
+
+struct Deregister<'a>(&'a Shared, u64);
+
+impl Drop for Deregister<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.conns).remove(&self.1);
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+/// Reads up to and including `\r\n\r\n`. `Ok(None)` if the client went away,
+/// took too long, or the server is stopping; `Err` on an oversized head.
+fn read_head(stream: &mut TcpStream, shared: &Shared) -> io::Result<Option<Vec<u8>>> {
+    let deadline = Instant::now() + HEAD_TIMEOUT;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if shared.stopping() || Instant::now() >= deadline {
+            return Ok(None);
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => {
+                let from = head.len().saturating_sub(3);
+                head.extend_from_slice(&buf[..n]);
+                if head[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+                    return Ok(Some(head));
+                }
+                if head.len() > MAX_HEAD {
+                    return Err(io::Error::other("request head too large"));
+                }
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+fn response(code: u16, content_type: &str, body: &str) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        reason(code),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+fn content_type_for(body: &str) -> &'static str {
+    match body.trim_start().as_bytes().first() {
+        Some(b'{') | Some(b'[') => "application/json",
+        _ => "text/plain; charset=utf-8",
+    }
+}
+
+/// Sleeps `d`, waking early (returning false) if the server stops.
+fn sleep_unless_stopped(d: Duration, shared: &Shared) -> bool {
+    let end = Instant::now() + d;
+    loop {
+        if shared.stopping() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= end {
+            return true;
+        }
+        thread::sleep(TICK.min(end - now));
+    }
+}
+
+fn handle(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
+    stream.set_read_timeout(Some(TICK))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let _ = stream.set_nodelay(true);
+
+    let head = match read_head(&mut stream, shared) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(()),
+        Err(_) => {
+            let _ = stream.write_all(&response(431, "text/plain", "request head too large\n"));
+            return finish(stream);
+        }
+    };
+    drop(head);
+    shared.hits.fetch_add(1, Ordering::SeqCst);
+
+    let out = match shared.behavior() {
+        Behavior::Json(body) => response(200, "application/json", &body),
+        Behavior::Status(code, body) => response(code, content_type_for(&body), &body),
+        Behavior::Slow { body, delay_ms } => {
+            if !sleep_unless_stopped(Duration::from_millis(delay_ms), shared) {
+                return Ok(());
+            }
+            response(200, "application/json", &body)
+        }
+        Behavior::Raw(bytes) => bytes,
+        Behavior::Hang => {
+            hold(&mut stream, shared);
+            return Ok(());
+        }
+    };
+    stream.write_all(&out)?;
+    stream.flush()?;
+    finish(stream)
+}
+
+/// Keeps the connection open without answering until the client closes it
+/// or the server stops.
+fn hold(stream: &mut TcpStream, shared: &Shared) {
+    let mut buf = [0u8; 4096];
+    while !shared.stopping() {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Half-closes, then briefly drains what the client still sends so the
+/// close doesn't turn into a RST that could destroy the response in flight.
+fn finish(stream: TcpStream) -> io::Result<()> {
+    stream.shutdown(Shutdown::Write)?;
+    let mut stream = stream;
+    let end = Instant::now() + Duration::from_millis(500);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < end {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Minimal client: sends a GET, reads to EOF, returns (status, body).
+    fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let code = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if !head.contains("Content-Length: 100") {
+            // Everything but the Raw test below.
+            assert!(head.contains("Connection: close"), "{head}");
+        }
+        Ok((code, body.to_string()))
+    }
+
+    #[test]
+    fn serves_json_and_changes_behavior() {
+        let srv = CertsServer::start(Behavior::Json(r#"{"keys":[]}"#.into()));
+        assert!(srv.url().starts_with("http://127.0.0.1:"));
+        assert!(srv.url().ends_with("/cdn-cgi/access/certs"));
+        assert_eq!(
+            get(srv.addr(), "/cdn-cgi/access/certs").unwrap(),
+            (200, r#"{"keys":[]}"#.into())
+        );
+        assert_eq!(get(srv.addr(), "/anything").unwrap().0, 200);
+        srv.set(Behavior::Status(503, "down".into()));
+        assert_eq!(get(srv.addr(), "/").unwrap(), (503, "down".into()));
+        srv.set(Behavior::Raw(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"ke".to_vec(),
+        ));
+        assert_eq!(get(srv.addr(), "/").unwrap(), (200, "{\"ke".into()));
+        srv.set(Behavior::Slow {
+            body: "{}".into(),
+            delay_ms: 100,
+        });
+        let t = Instant::now();
+        assert_eq!(get(srv.addr(), "/").unwrap(), (200, "{}".into()));
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        assert_eq!(srv.hits(), 5);
+    }
+
+    #[test]
+    fn concurrent_and_sequential_connections() {
+        let srv = CertsServer::start(Behavior::Json("{}".into()));
+        for _ in 0..20 {
+            assert_eq!(get(srv.addr(), "/").unwrap().0, 200);
+        }
+        let addr = srv.addr();
+        let threads: Vec<_> = (0..16)
+            .map(|_| thread::spawn(move || get(addr, "/x").unwrap().0))
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), 200);
+        }
+        assert_eq!(srv.hits(), 36);
+    }
+
+    #[test]
+    fn client_errors_do_not_count_or_break() {
+        let srv = CertsServer::start(Behavior::Json("{}".into()));
+        // Connect and leave without a request; send garbage then close.
+        drop(TcpStream::connect(srv.addr()).unwrap());
+        {
+            let mut s = TcpStream::connect(srv.addr()).unwrap();
+            let _ = s.write_all(b"GET / HTT");
+        }
+        // Oversized head gets a 431.
+        {
+            let mut s = TcpStream::connect(srv.addr()).unwrap();
+            let big = vec![b'a'; MAX_HEAD + 10];
+            let _ = s.write_all(&big);
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 431"));
+        }
+        assert_eq!(get(srv.addr(), "/").unwrap().0, 200);
+        assert_eq!(srv.hits(), 1);
+    }
+
+    #[test]
+    fn hang_does_not_block_drop() {
+        let srv = CertsServer::start(Behavior::Hang);
+        let addr = srv.addr();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            clients.push(s);
+        }
+        // Wait until the requests have been read.
+        let t = Instant::now();
+        while srv.hits() < 3 && t.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(srv.hits(), 3);
+        // No answer arrives.
+        clients[0]
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        assert!(clients[0].read(&mut buf).is_err());
+
+        let t = Instant::now();
+        drop(srv);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // The held sockets are closed by the server.
+        clients[1]
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        assert!(matches!(clients[1].read(&mut buf), Ok(0) | Err(_)));
+    }
+
+    #[test]
+    fn slow_does_not_block_drop() {
+        let srv = CertsServer::start(Behavior::Slow {
+            body: "{}".into(),
+            delay_ms: 60_000,
+        });
+        let mut s = TcpStream::connect(srv.addr()).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let t = Instant::now();
+        while srv.hits() < 1 && t.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let t = Instant::now();
+        drop(srv);
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn dynamic_handler_and_keys() {
+        let counter = Arc::new(AtomicUsize::new(0));
+        let c = counter.clone();
+        let srv = CertsServer::start_dynamic("127.0.0.1:0".parse().unwrap(), move || {
+            Behavior::Json(format!("{}", c.fetch_add(1, Ordering::SeqCst)))
+        })
+        .unwrap();
+        assert_eq!(get(srv.addr(), "/").unwrap().1, "0");
+        assert_eq!(get(srv.addr(), "/").unwrap().1, "1");
+        srv.set(Behavior::Json("fixed".into()));
+        assert_eq!(get(srv.addr(), "/").unwrap().1, "fixed");
+        assert_eq!(counter.load(Ordering::SeqCst), 2);
+    }
+}
