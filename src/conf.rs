@@ -1,6 +1,7 @@
 //! Directives, their set functions, and merging.
 
 use std::ffi::{c_char, c_void};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +16,14 @@ use crate::keys::{self, KeyStore};
 
 pub const DEFAULT_LEEWAY: u64 = 60;
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
+pub const DEFAULT_CACHE_SIZE: usize = 10_000;
 
 /// `http`-level settings and what the whole configuration uses.
 #[derive(Default)]
 pub struct MainConf {
     pub refresh: Option<Duration>,
+    pub cache_size: Option<usize>,
+    pub keys_cache: Option<PathBuf>,
     /// Every key store some enabled location uses, each once.
     pub stores: Vec<Arc<KeyStore>>,
 }
@@ -27,6 +31,10 @@ pub struct MainConf {
 impl MainConf {
     pub fn refresh(&self) -> Duration {
         self.refresh.unwrap_or(DEFAULT_REFRESH)
+    }
+
+    pub fn cache_size(&self) -> usize {
+        self.cache_size.unwrap_or(DEFAULT_CACHE_SIZE)
     }
 }
 
@@ -226,6 +234,58 @@ pub extern "C" fn set_refresh(
         }
         None => invalid(cf, cmd, &args[0]),
     }
+}
+
+/// `cf_access_cache_size <number>;` (http)
+pub extern "C" fn set_cache_size(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: conf is this module's MainConf; cf is nginx's.
+    let (conf, args) = unsafe { (&mut *conf.cast::<MainConf>(), args(cf)) };
+    if conf.cache_size.is_some() {
+        return IS_DUPLICATE;
+    }
+    let size = args[0]
+        .to_str()
+        .ok()
+        .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n <= 10_000_000);
+    match size {
+        Some(n) => {
+            conf.cache_size = Some(n);
+            NGX_CONF_OK
+        }
+        None => invalid(cf, cmd, &args[0]),
+    }
+}
+
+/// `cf_access_keys_cache <path>;` (http)
+pub extern "C" fn set_keys_cache(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: conf is this module's MainConf; cf is nginx's.
+    let (conf, args) = unsafe { (&mut *conf.cast::<MainConf>(), args(cf)) };
+    if conf.keys_cache.is_some() {
+        return IS_DUPLICATE;
+    }
+    let Some(path) = args[0].to_str().ok().filter(|p| !p.is_empty()) else {
+        return invalid(cf, cmd, &args[0]);
+    };
+    // Relative paths are relative to the prefix, as for nginx's own paths.
+    let path = PathBuf::from(path);
+    conf.keys_cache = Some(if path.is_absolute() {
+        path
+    } else {
+        // SAFETY: cf->cycle is the cycle being configured.
+        let prefix = unsafe { (*(*cf).cycle).prefix };
+        PathBuf::from(prefix.to_string()).join(path)
+    });
+    NGX_CONF_OK
 }
 
 /// Why an enabled location cannot work.

@@ -1,19 +1,22 @@
 //! The per-request verdict, shared by the main request and its subrequests.
 
-use cf_access_core::{Identity, Status};
+use std::sync::Arc;
+
+use cf_access_core::{Status, Verified};
 use ngx::http::{HttpModule, Request};
 
 use crate::Module;
 
 pub struct RequestCtx {
     pub status: Status,
-    pub identity: Identity,
+    /// The verified token, on success (shared with the worker's cache).
+    pub verified: Option<Arc<Verified>>,
 }
 
 impl RequestCtx {
     /// Stores the verdict on `r` (allocated in its pool, dropped with it).
-    pub fn set(r: &Request, status: Status, identity: Identity) -> Option<()> {
-        let ctx = r.pool().allocate(RequestCtx { status, identity });
+    pub fn set(r: &Request, status: Status, verified: Option<Arc<Verified>>) -> Option<()> {
+        let ctx = r.pool().allocate(RequestCtx { status, verified });
         if ctx.is_null() {
             return None;
         }

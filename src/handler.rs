@@ -1,7 +1,9 @@
 //! The access-phase handler: find the token, verify it, record the verdict.
 
-use cf_access_core::extract;
-use cf_access_core::{Identity, Status, VerifyError};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use cf_access_core::{extract, Status, TokenCache, Verified, VerifyError};
 use ngx::core;
 use ngx::ffi::{ngx_cached_time, ngx_http_request_t, ngx_int_t, NGX_HTTP_FORBIDDEN, NGX_LOG_INFO};
 use ngx::http::{HttpModuleLocationConf, Request};
@@ -11,6 +13,16 @@ use crate::conf::Verifier;
 use crate::ctx::RequestCtx;
 use crate::Module;
 
+thread_local! {
+    /// This worker's verified-token cache (the event loop's thread only).
+    static CACHE: RefCell<TokenCache> = RefCell::new(TokenCache::new(0));
+}
+
+/// Sizes this worker's cache (`cf_access_cache_size`); called from `init_process`.
+pub fn init_cache(capacity: usize) {
+    CACHE.with_borrow_mut(|c| *c = TokenCache::new(capacity));
+}
+
 /// The current time from nginx's cached clock (updated every event loop iteration).
 #[allow(clippy::unnecessary_cast)] // time_t is not i64 on every platform
 fn now() -> i64 {
@@ -18,7 +30,7 @@ fn now() -> i64 {
     unsafe { (*ngx_cached_time).sec as i64 }
 }
 
-fn check(r: &Request, verifier: &Verifier) -> Result<Identity, VerifyError> {
+fn check(r: &Request, verifier: &Verifier) -> Result<Arc<Verified>, VerifyError> {
     let headers = r
         .headers_in_iterator()
         .map(|(name, value)| (name.as_bytes(), value.as_bytes()));
@@ -27,8 +39,17 @@ fn check(r: &Request, verifier: &Verifier) -> Result<Identity, VerifyError> {
         .ok_or(VerifyError::NoToken)?;
     let token =
         std::str::from_utf8(token).map_err(|_| VerifyError::Malformed("token is not ascii"))?;
-    let keys = verifier.store.current();
-    cf_access_core::verify(token, keys.as_deref(), &verifier.policy, now())
+    let store = &verifier.store;
+    let snapshot = store.current();
+    let keys = snapshot.as_deref().map(|s| &s.set);
+    let result = CACHE.with_borrow_mut(|cache| {
+        cf_access_core::verify_cached(token, keys, &verifier.policy, now(), cache, &store.url)
+    });
+    if matches!(result, Err(VerifyError::UnknownKid)) {
+        // Perhaps the keys were rotated: have the refresher look (rate limited).
+        store.want_refresh();
+    }
+    result
 }
 
 /// # Safety
@@ -39,10 +60,9 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
     let Some(verifier) = Module::location_conf(r).and_then(|c| c.verifier.as_ref()) else {
         return core::Status::NGX_DECLINED.into();
     };
-    let result = check(r, verifier);
-    let (status, identity) = match result {
-        Ok(identity) => (Status::Ok, identity),
-        Err(ref e) => {
+    let (status, verified) = match check(r, verifier) {
+        Ok(verified) => (Status::Ok, Some(verified)),
+        Err(e) => {
             ngx_log_error!(
                 NGX_LOG_INFO,
                 r.log(),
@@ -50,10 +70,10 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
                 e.status().as_str(),
                 e
             );
-            (e.status(), Identity::default())
+            (e.status(), None)
         }
     };
-    if RequestCtx::set(r, status, identity).is_none() {
+    if RequestCtx::set(r, status, verified).is_none() {
         return core::Status::NGX_ERROR.into();
     }
     match status {

@@ -6,11 +6,14 @@
 //! is process-wide), so a reload never drops the keys it already has.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use cf_access_core::jwks::{JwksError, MAX_CERTS_BODY};
+use cf_access_core::persist::{self, PersistError};
 use cf_access_core::KeySet;
 use once_cell::sync::Lazy;
 use thiserror::Error;
@@ -19,19 +22,43 @@ use thiserror::Error;
 /// ureq would spawn a thread for it, and no thread may outlive a fetch in the master.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A key set and the certs response it was parsed from (kept for `cf_access_keys_cache`).
+pub struct Snapshot {
+    pub set: KeySet,
+    pub body: Vec<u8>,
+}
+
 pub struct KeyStore {
     pub url: String,
-    current: ArcSwapOption<KeySet>,
+    current: ArcSwapOption<Snapshot>,
+    /// Set by the request path when a token names a `kid` not in the set.
+    refresh_wanted: AtomicBool,
 }
 
 impl KeyStore {
     /// The current key set; `None` until a fetch has succeeded.
-    pub fn current(&self) -> arc_swap::Guard<Option<Arc<KeySet>>> {
+    pub fn current(&self) -> arc_swap::Guard<Option<Arc<Snapshot>>> {
         self.current.load()
     }
 
-    pub fn publish(&self, set: KeySet) {
-        self.current.store(Some(Arc::new(set)));
+    pub fn has_keys(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.current.store(Some(Arc::new(snapshot)));
+    }
+
+    /// Asks this worker's refresher to fetch soon (rate limited there). Cheap and
+    /// non-blocking: an atomic flag, and a wake-up only on the first ask.
+    pub fn want_refresh(&self) {
+        if !self.refresh_wanted.swap(true, Ordering::AcqRel) {
+            crate::refresher::wake();
+        }
+    }
+
+    pub fn take_refresh_wanted(&self) -> bool {
+        self.refresh_wanted.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -48,6 +75,7 @@ pub fn store_for(url: &str) -> Arc<KeyStore> {
             Arc::new(KeyStore {
                 url: url.to_string(),
                 current: ArcSwapOption::empty(),
+                refresh_wanted: AtomicBool::new(false),
             })
         })
         .clone()
@@ -67,7 +95,7 @@ pub enum FetchError {
 
 /// Fetches and parses the key set at `url`. Blocking, bounded by [`FETCH_TIMEOUT`] per step;
 /// spawns no thread.
-pub fn fetch(url: &str) -> Result<KeySet, FetchError> {
+pub fn fetch(url: &str) -> Result<Snapshot, FetchError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(FETCH_TIMEOUT))
         .timeout_send_request(Some(FETCH_TIMEOUT))
@@ -95,13 +123,44 @@ pub fn fetch(url: &str) -> Result<KeySet, FetchError> {
             ureq::Error::BodyExceedsLimit(_) => FetchError::TooLarge,
             e => FetchError::Transport(e.to_string()),
         })?;
-    Ok(KeySet::from_certs_json(&body)?)
+    Ok(Snapshot {
+        set: KeySet::from_certs_json(&body)?,
+        body,
+    })
 }
 
 /// Fetches `store`'s URL and publishes the result; on failure the last good set stays.
-pub fn refresh(store: &KeyStore) -> Result<usize, FetchError> {
-    let set = fetch(&store.url)?;
+/// Returns the number of keys and whether the response differs from the one before.
+pub fn refresh(store: &KeyStore) -> Result<(usize, bool), FetchError> {
+    let snapshot = fetch(&store.url)?;
+    let n = snapshot.set.len();
+    let changed = store
+        .current()
+        .as_ref()
+        .is_none_or(|old| old.body != snapshot.body);
+    store.publish(snapshot);
+    Ok((n, changed))
+}
+
+/// Publishes the key set saved in the key cache file for `store`, if there is one.
+pub fn load_saved(store: &KeyStore, path: &Path) -> Result<Option<usize>, PersistError> {
+    let Some(body) = persist::read(path, &store.url)? else {
+        return Ok(None);
+    };
+    let set = KeySet::from_certs_json(&body)
+        .map_err(|e| PersistError::Format(format!("{}: {e}", store.url)))?;
     let n = set.len();
-    store.publish(set);
-    Ok(n)
+    store.publish(Snapshot { set, body });
+    Ok(Some(n))
+}
+
+/// Saves the current key sets of `stores` to the key cache file.
+pub fn save(stores: &[Arc<KeyStore>], path: &Path) -> std::io::Result<()> {
+    let snapshots: Vec<_> = stores.iter().map(|s| (s, s.current.load_full())).collect();
+    let bytes = persist::encode(
+        snapshots
+            .iter()
+            .filter_map(|(s, snap)| Some((s.url.as_str(), snap.as_ref()?.body.as_slice()))),
+    );
+    persist::write_atomic(path, &bytes)
 }

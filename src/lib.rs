@@ -75,7 +75,7 @@ unsafe impl HttpModuleLocationConf for Module {
 
 const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
-static mut COMMANDS: [ngx_command_t; 7] = [
+static mut COMMANDS: [ngx_command_t; 9] = [
     ngx_command_t {
         name: ngx_string!("cf_access"),
         type_: (ANY_LEVEL | NGX_CONF_FLAG) as ngx_uint_t,
@@ -120,6 +120,22 @@ static mut COMMANDS: [ngx_command_t; 7] = [
         name: ngx_string!("cf_access_refresh"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
         set: Some(conf::set_refresh),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("cf_access_cache_size"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(conf::set_cache_size),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("cf_access_keys_cache"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(conf::set_keys_cache),
         conf: NGX_HTTP_MAIN_CONF_OFFSET,
         offset: 0,
         post: ptr::null_mut(),
@@ -188,7 +204,7 @@ extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     };
     for store in &main.stores {
         match keys::refresh(store) {
-            Ok(n) => {
+            Ok((n, _)) => {
                 ngx_log_error!(
                     NGX_LOG_NOTICE,
                     cycle.log,
@@ -201,19 +217,73 @@ extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 ngx_log_error!(
                     NGX_LOG_WARN,
                     cycle.log,
-                    "cf_access: fetching keys from \"{}\" failed: {}; {}",
+                    "cf_access: fetching keys from \"{}\" failed: {}",
                     store.url,
-                    e,
-                    if store.current().is_some() {
-                        "keeping the key set loaded before"
-                    } else {
-                        "requests are refused until a refresh succeeds"
-                    }
+                    e
                 );
+                load_saved_keys(cycle, store, main.keys_cache.as_deref());
             }
         }
     }
+    if let Some(path) = &main.keys_cache {
+        if let Err(e) = keys::save(&main.stores, path) {
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                cycle.log,
+                "cf_access: cannot write the key cache \"{}\": {}",
+                path.display(),
+                e
+            );
+        }
+    }
     Status::NGX_OK.into()
+}
+
+/// After a failed fetch in the master: keep the keys loaded before (a reload), else use
+/// the key cache file if there is one, else refuse requests until a refresh succeeds.
+fn load_saved_keys(cycle: &ngx_cycle_t, store: &keys::KeyStore, path: Option<&std::path::Path>) {
+    if store.has_keys() {
+        ngx_log_error!(
+            NGX_LOG_WARN,
+            cycle.log,
+            "cf_access: keeping the key set loaded before for \"{}\"",
+            store.url
+        );
+        return;
+    }
+    let loaded = match path.map(|p| keys::load_saved(store, p)) {
+        Some(Ok(Some(n))) => {
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                cycle.log,
+                "cf_access: using {} keys for \"{}\" from the key cache \"{}\"",
+                n,
+                store.url,
+                path.map(|p| p.display().to_string()).unwrap_or_default()
+            );
+            true
+        }
+        Some(Ok(None)) => false,
+        Some(Err(e)) => {
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                cycle.log,
+                "cf_access: ignoring the key cache \"{}\": {}",
+                path.map(|p| p.display().to_string()).unwrap_or_default(),
+                e
+            );
+            false
+        }
+        None => false,
+    };
+    if !loaded {
+        ngx_log_error!(
+            NGX_LOG_WARN,
+            cycle.log,
+            "cf_access: no keys for \"{}\": requests are refused until a refresh succeeds",
+            store.url
+        );
+    }
 }
 
 /// In each worker: start the refresher thread.
@@ -231,13 +301,16 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     if main.stores.is_empty() {
         return Status::NGX_OK.into();
     }
+    crate::handler::init_cache(main.cache_size());
     // SAFETY: the cycle's log lives as long as the worker process.
     let log = unsafe { log::ThreadLog::new(cycle_ref.log) };
-    match refresher::Refresher::start(main.stores.clone(), main.refresh(), log) {
-        Ok(r) => {
-            *refresher::RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-            Status::NGX_OK.into()
-        }
+    let settings = refresher::Settings {
+        stores: main.stores.clone(),
+        interval: main.refresh(),
+        keys_cache: main.keys_cache.clone(),
+    };
+    match refresher::start(settings, log) {
+        Ok(()) => Status::NGX_OK.into(),
         Err(e) => {
             ngx_log_error!(
                 NGX_LOG_EMERG,
@@ -251,11 +324,5 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 }
 
 extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
-    if let Some(r) = refresher::RUNNING
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    {
-        r.stop();
-    }
+    refresher::stop();
 }

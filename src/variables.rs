@@ -1,37 +1,81 @@
-//! `$cf_access_email`, `$cf_access_sub`, `$cf_access_status`.
+//! `$cf_access_*` variables.
 //!
 //! Values come from the main request's verdict, so subrequests (`auth_request`, `mirror`)
 //! see what the main request saw. Unverified requests get empty identity values: nothing
-//! a client sent is ever reflected.
+//! a client sent is ever reflected. Claim values have control characters replaced, so they
+//! cannot split a header when passed on.
 
+use std::borrow::Cow;
+
+use cf_access_core::claim;
 use ngx::core::Status as NgxStatus;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_t, ngx_int_t,
-    ngx_str_t, ngx_variable_value_t, NGX_HTTP_VAR_NOCACHEABLE,
+    ngx_str_t, ngx_variable_value_t, NGX_HTTP_VAR_NOCACHEABLE, NGX_HTTP_VAR_PREFIX,
 };
 use ngx::http::Request;
 
 use crate::ctx::RequestCtx;
 
-type Getter = fn(&RequestCtx) -> &str;
+/// How a variable reads its value from a request's verdict; `name` is the full variable
+/// name (for the prefix variables).
+type Getter = for<'a> fn(&'a RequestCtx, &str) -> Option<Cow<'a, str>>;
 
 struct Var {
     name: &'static str,
+    prefix: bool,
     get: Getter,
 }
 
-static VARIABLES: [Var; 3] = [
+const CLAIM_PREFIX: &str = "cf_access_claim_";
+const CUSTOM_PREFIX: &str = "cf_access_custom_";
+
+static VARIABLES: [Var; 8] = [
     Var {
         name: "cf_access_email",
-        get: |c| &c.identity.email,
+        prefix: false,
+        get: |c, _| Some(c.verified.as_ref()?.identity.email.as_str().into()),
     },
     Var {
         name: "cf_access_sub",
-        get: |c| &c.identity.sub,
+        prefix: false,
+        get: |c, _| Some(c.verified.as_ref()?.identity.sub.as_str().into()),
     },
     Var {
         name: "cf_access_status",
-        get: |c| c.status.as_str(),
+        prefix: false,
+        get: |c, _| Some(c.status.as_str().into()),
+    },
+    Var {
+        name: "cf_access_common_name",
+        prefix: false,
+        get: |c, _| Some(c.verified.as_ref()?.identity.common_name.as_str().into()),
+    },
+    Var {
+        name: "cf_access_identity_nonce",
+        prefix: false,
+        get: |c, _| Some(c.verified.as_ref()?.identity.identity_nonce.as_str().into()),
+    },
+    Var {
+        name: "cf_access_country",
+        prefix: false,
+        get: |c, _| Some(c.verified.as_ref()?.identity.country.as_str().into()),
+    },
+    Var {
+        name: CLAIM_PREFIX,
+        prefix: true,
+        get: |c, name| {
+            let claim = name.strip_prefix(CLAIM_PREFIX)?;
+            claim::lookup(&c.verified.as_ref()?.payload, false, claim).map(Cow::Owned)
+        },
+    },
+    Var {
+        name: CUSTOM_PREFIX,
+        prefix: true,
+        get: |c, name| {
+            let claim = name.strip_prefix(CUSTOM_PREFIX)?;
+            claim::lookup(&c.verified.as_ref()?.payload, true, claim).map(Cow::Owned)
+        },
     },
 ];
 
@@ -42,19 +86,57 @@ pub fn add(cf: *mut ngx_conf_t) -> NgxStatus {
             len: var.name.len(),
             data: var.name.as_ptr() as *mut u8,
         };
+        let mut flags = NGX_HTTP_VAR_NOCACHEABLE;
+        if var.prefix {
+            flags |= NGX_HTTP_VAR_PREFIX;
+        }
         // SAFETY: cf is nginx's; the name is a static string nginx copies.
         let v: *mut ngx_http_variable_t =
-            unsafe { ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as _) };
+            unsafe { ngx_http_add_variable(cf, &mut name, flags as _) };
         if v.is_null() {
             return NgxStatus::NGX_ERROR;
         }
-        // SAFETY: ngx_http_add_variable returned a valid variable.
+        // SAFETY: ngx_http_add_variable returned a valid variable. For prefix variables
+        // nginx replaces `data` with a pointer to the full variable name, so the index is
+        // only used for the others.
         unsafe {
-            (*v).get_handler = Some(get_variable);
+            (*v).get_handler = Some(if var.prefix {
+                get_prefixed
+            } else {
+                get_variable
+            });
             (*v).data = index;
         }
     }
     NgxStatus::NGX_OK
+}
+
+fn set_value(r: &Request, v: &mut ngx_variable_value_t, value: Option<Cow<'_, str>>) -> ngx_int_t {
+    let value = value.unwrap_or(Cow::Borrowed(""));
+    let data = match value {
+        // Borrowed from the request's context (or static): outlives the variable.
+        Cow::Borrowed(s) => s.as_ptr() as *mut u8,
+        Cow::Owned(s) => {
+            let p = r.pool().alloc(s.len().max(1)) as *mut u8;
+            if p.is_null() {
+                return NgxStatus::NGX_ERROR.into();
+            }
+            // SAFETY: p has room for s.len() bytes.
+            unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), p, s.len()) };
+            v.set_len(s.len() as u32);
+            v.data = p;
+            v.set_valid(1);
+            v.set_no_cacheable(0);
+            v.set_not_found(0);
+            return NgxStatus::NGX_OK.into();
+        }
+    };
+    v.set_len(value.len() as u32);
+    v.data = data;
+    v.set_valid(1);
+    v.set_no_cacheable(0);
+    v.set_not_found(0);
+    NgxStatus::NGX_OK.into()
 }
 
 unsafe extern "C" fn get_variable(
@@ -65,14 +147,35 @@ unsafe extern "C" fn get_variable(
     // SAFETY: nginx passes a valid request and value slot.
     let (r, v) = unsafe { (Request::from_ngx_http_request(r), &mut *v) };
     let value = match (RequestCtx::get(r), VARIABLES.get(data)) {
-        (Some(ctx), Some(var)) => (var.get)(ctx),
-        _ => "",
+        (Some(ctx), Some(var)) => (var.get)(ctx, var.name),
+        _ => None,
     };
-    // The value lives in the request's context (or is static), which outlives the variable.
-    v.data = value.as_ptr() as *mut u8;
-    v.set_len(value.len() as u32);
-    v.set_valid(1);
-    v.set_no_cacheable(0);
-    v.set_not_found(0);
-    NgxStatus::NGX_OK.into()
+    set_value(r, v, value)
+}
+
+unsafe extern "C" fn get_prefixed(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a valid request and value slot; for prefix variables `data`
+    // points at the variable's full name.
+    let (r, v, name) = unsafe {
+        (
+            Request::from_ngx_http_request(r),
+            &mut *v,
+            &*(data as *const ngx_str_t),
+        )
+    };
+    let Ok(name) = name.to_str() else {
+        return set_value(r, v, None);
+    };
+    let var = VARIABLES
+        .iter()
+        .find(|var| var.prefix && name.starts_with(var.name));
+    let value = match (RequestCtx::get(r), var) {
+        (Some(ctx), Some(var)) => (var.get)(ctx, name),
+        _ => None,
+    };
+    set_value(r, v, value)
 }

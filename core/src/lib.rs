@@ -5,19 +5,25 @@
 //! - [`jwks`]: the certs endpoint's JSON (`keys` only; `public_cert(s)` are never read).
 //! - [`policy`]: the claims rules (`exp`/`nbf`/`iat` with leeway, `iss`, `aud`, `type`).
 //! - [`verify`]: the whole check, in the order that never trusts unverified data.
+//! - [`cache`]: the per-worker cache of verified tokens.
 //! - [`schedule`]: when a refresher fetches next.
+//! - [`persist`]: the optional on-disk copy of the last good key sets.
 //!
 //! Time is always passed in (`now`, unix seconds); nothing here reads the clock.
 
+pub mod cache;
+pub mod claim;
 pub mod error;
 pub mod extract;
 pub mod jwks;
+pub mod persist;
 pub mod policy;
 pub mod schedule;
 pub mod token;
 pub mod verify;
 
+pub use cache::TokenCache;
 pub use error::{Status, VerifyError};
 pub use jwks::{JwksError, KeySet};
 pub use policy::{Claims, Policy};
-pub use verify::{verify, Identity};
+pub use verify::{verify, verify_cached, Identity, Verified};

@@ -26,6 +26,10 @@ pub struct Claims {
     pub sub: Option<String>,
     #[serde(default)]
     pub common_name: Option<String>,
+    #[serde(default)]
+    pub identity_nonce: Option<String>,
+    #[serde(default)]
+    pub country: Option<String>,
 }
 
 /// `aud` is a string or an array of strings.

@@ -1,6 +1,6 @@
 //! When a key-set refresher fetches next. Pure: the caller passes the outcome and the time.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// First retry after a failed fetch; doubles per consecutive failure.
 pub const RETRY_MIN: Duration = Duration::from_secs(5);
@@ -20,9 +20,33 @@ pub fn next_delay(interval: Duration, failures: u32) -> Duration {
     backoff.min(RETRY_MAX).min(interval)
 }
 
+/// Refreshes forced by tokens with an unknown `kid` happen at most this often per certs URL,
+/// so a flood of made-up `kid`s cannot become a flood of fetches.
+pub const FORCED_MIN_GAP: Duration = Duration::from_secs(10);
+
+/// When a forced refresh asked for at `now` may run, given when the URL was last fetched.
+pub fn forced_due(last_fetch: Option<Instant>, now: Instant) -> Instant {
+    match last_fetch {
+        Some(last) => now.max(last + FORCED_MIN_GAP),
+        None => now,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forced_refreshes_are_rate_limited() {
+        let t0 = Instant::now();
+        assert_eq!(forced_due(None, t0), t0);
+        assert_eq!(
+            forced_due(Some(t0), t0 + Duration::from_secs(3)),
+            t0 + FORCED_MIN_GAP
+        );
+        let later = t0 + Duration::from_secs(30);
+        assert_eq!(forced_due(Some(t0), later), later);
+    }
 
     const HOUR: Duration = Duration::from_secs(3600);
 
