@@ -290,3 +290,27 @@ fn http_level_directives_are_validated() {
         .test_config();
     assert!(ok, "{out}");
 }
+
+#[test]
+fn nginx_t_and_nginx_s_do_not_fetch_keys() {
+    let key = KeyPair::generate();
+    let certs = CertsServer::start_with_keys(&[&key]);
+    let nginx = start(&certs.url(), "", "");
+    let before = certs.hits();
+    for args in [&["-t"][..], &["-s", "reopen"][..]] {
+        let out = std::process::Command::new(Nginx::nginx_binary())
+            .arg("-p")
+            .arg(nginx.prefix())
+            .arg("-c")
+            .arg(nginx.conf_path())
+            .arg("-e")
+            .arg(nginx.prefix().join("logs/error.log"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(certs.hits(), before, "nginx -t / -s fetched keys");
+    assert_no_crash(&nginx);
+}
