@@ -4,7 +4,7 @@
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_cycle_t, ngx_int_t, ngx_process, ngx_test_config, NGX_LOG_EMERG, NGX_LOG_NOTICE,
-    NGX_LOG_WARN, NGX_PROCESS_SIGNALLER, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+    NGX_LOG_WARN, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
@@ -13,13 +13,14 @@ use crate::{keys, log, refresher, Module};
 
 /// In the master, after the configuration is loaded: fetch every certs URL once so that
 /// workers fork with keys in hand. Failure is not fatal: requests fail closed until a
-/// refresh succeeds. Skipped by `nginx -t` and `nginx -s`.
+/// refresh succeeds. Skipped by `nginx -t`.
 pub extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: nginx passes the new, fully configured cycle.
     let cycle = unsafe { &*cycle };
-    // `nginx -t` and `nginx -s ...` load the configuration too; they need no keys.
-    // SAFETY: plain globals nginx sets while parsing its command line.
-    if unsafe { ngx_test_config != 0 || ngx_process as u32 == NGX_PROCESS_SIGNALLER } {
+    // `nginx -t` loads the configuration too but needs no keys (`nginx -s` stops before
+    // init_module).
+    // SAFETY: a plain global nginx sets while parsing its command line.
+    if unsafe { ngx_test_config } != 0 {
         return Status::NGX_OK.into();
     }
     let Some(main) = Module::main_conf(cycle) else {
