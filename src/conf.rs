@@ -57,32 +57,74 @@ pub struct Verifier {
     pub store: Arc<KeyStore>,
 }
 
-/// The directive's arguments after its name.
-///
+/// One directive being handled: nginx's `cf` and `cmd`, and its arguments.
+struct Directive<'a> {
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    args: &'a [ngx_str_t],
+}
+
+impl Directive<'_> {
+    /// # Safety
+    /// `cf` and `cmd` must be what nginx passed to a directive handler.
+    unsafe fn new(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t) -> Self {
+        // SAFETY: nginx fills cf->args with the directive name and its arguments, and
+        // checks their number against the command's type before calling the handler.
+        let all = unsafe { (*(*cf).args).as_slice::<ngx_str_t>() };
+        Directive {
+            cf,
+            cmd,
+            args: all.get(1..).unwrap_or(&[]),
+        }
+    }
+
+    fn arg(&self) -> &ngx_str_t {
+        &self.args[0]
+    }
+
+    /// `invalid value "x" in "name" directive`, as nginx's own setters say it.
+    fn invalid(&self, value: &ngx_str_t, hint: &str) -> *mut c_char {
+        // SAFETY: nginx passes the command being handled.
+        let name = unsafe { &(*self.cmd).name };
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            self.cf,
+            "invalid value \"{}\" in \"{}\" directive{}",
+            value,
+            name,
+            hint
+        );
+        NGX_CONF_ERROR
+    }
+
+    /// Sets `slot` once: a second time is `"x" directive is duplicate`, a `None` value
+    /// is an invalid value.
+    fn store<T>(&self, slot: &mut Option<T>, value: Option<T>) -> *mut c_char {
+        if slot.is_some() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        match value {
+            Some(value) => {
+                *slot = Some(value);
+                NGX_CONF_OK
+            }
+            None => self.invalid(self.arg(), ""),
+        }
+    }
+}
+
 /// # Safety
-/// `cf` must be the `ngx_conf_t` nginx passed to a directive handler.
-unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
-    // SAFETY: nginx fills cf->args with the directive name and its arguments.
-    let all = unsafe { (*(*cf).args).as_slice::<ngx_str_t>() };
-    all.get(1..).unwrap_or(&[])
+/// `conf` must be this module's `LocConf` as nginx passes it to a directive handler.
+unsafe fn loc_conf<'a>(conf: *mut c_void) -> &'a mut LocConf {
+    // SAFETY: see above.
+    unsafe { &mut *conf.cast::<LocConf>() }
 }
 
-fn directive(cmd: *mut ngx_command_t) -> String {
-    // SAFETY: nginx passes the command being handled.
-    unsafe { (*cmd).name.to_string() }
-}
-
-const IS_DUPLICATE: *mut c_char = c"is duplicate".as_ptr() as *mut c_char;
-
-fn invalid(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, value: &ngx_str_t) -> *mut c_char {
-    ngx_conf_log_error!(
-        NGX_LOG_EMERG,
-        cf,
-        "invalid value \"{}\" in \"{}\" directive",
-        value,
-        directive(cmd)
-    );
-    NGX_CONF_ERROR
+/// # Safety
+/// `conf` must be this module's `MainConf` as nginx passes it to a directive handler.
+unsafe fn main_conf<'a>(conf: *mut c_void) -> &'a mut MainConf {
+    // SAFETY: see above.
+    unsafe { &mut *conf.cast::<MainConf>() }
 }
 
 /// A printable argument without spaces or control bytes.
@@ -94,31 +136,22 @@ fn plain_arg(value: &ngx_str_t) -> Option<&str> {
 /// `cf_access on | off;`
 pub extern "C" fn set_enabled(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
+    cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: conf is this module's LocConf for the current level; cf is nginx's.
-    let (conf, args) = unsafe { (&mut *conf.cast::<LocConf>(), args(cf)) };
-    if conf.enabled.is_some() {
-        return IS_DUPLICATE;
-    }
-    conf.enabled = match args[0].as_bytes() {
-        v if v.eq_ignore_ascii_case(b"on") => Some(true),
-        v if v.eq_ignore_ascii_case(b"off") => Some(false),
-        _ => {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "invalid value \"{}\" in \"cf_access\" directive, it must be \"on\" or \"off\"",
-                args[0]
-            );
-            return NGX_CONF_ERROR;
-        }
+    // SAFETY: called by nginx as this module's directive handler.
+    let (d, conf) = unsafe { (Directive::new(cf, cmd), loc_conf(conf)) };
+    let value = match d.arg().as_bytes() {
+        v if v.eq_ignore_ascii_case(b"on") => true,
+        v if v.eq_ignore_ascii_case(b"off") => false,
+        _ => return d.invalid(d.arg(), ", it must be \"on\" or \"off\""),
     };
     // SAFETY: conf_file is set while a configuration file is parsed.
-    conf.enabled_at =
-        unsafe { (*cf).conf_file.as_ref() }.map(|f| format!("{}:{}", f.file.name, f.line));
-    NGX_CONF_OK
+    let at = unsafe { (*cf).conf_file.as_ref() }.map(|f| format!("{}:{}", f.file.name, f.line));
+    if conf.enabled.is_none() {
+        conf.enabled_at = at;
+    }
+    d.store(&mut conf.enabled, Some(value))
 }
 
 /// `cf_access_team_domain <team>.cloudflareaccess.com;`
@@ -127,18 +160,13 @@ pub extern "C" fn set_team_domain(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: as in set_enabled.
-    let (conf, args) = unsafe { (&mut *conf.cast::<LocConf>(), args(cf)) };
-    if conf.team_domain.is_some() {
-        return IS_DUPLICATE;
-    }
-    match plain_arg(&args[0]).map(normalize_team_domain) {
-        Some(domain) if valid_team_domain(domain) => {
-            conf.team_domain = Some(domain.to_ascii_lowercase());
-            NGX_CONF_OK
-        }
-        _ => invalid(cf, cmd, &args[0]),
-    }
+    // SAFETY: called by nginx as this module's directive handler.
+    let (d, conf) = unsafe { (Directive::new(cf, cmd), loc_conf(conf)) };
+    let domain = plain_arg(d.arg())
+        .map(normalize_team_domain)
+        .filter(|domain| valid_team_domain(domain))
+        .map(str::to_ascii_lowercase);
+    d.store(&mut conf.team_domain, domain)
 }
 
 /// `cf_access_aud <tag> [<tag> ...];`
@@ -147,20 +175,18 @@ pub extern "C" fn set_audiences(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: as in set_enabled.
-    let (conf, args) = unsafe { (&mut *conf.cast::<LocConf>(), args(cf)) };
-    if conf.audiences.is_some() {
-        return IS_DUPLICATE;
+    // SAFETY: called by nginx as this module's directive handler.
+    let (d, conf) = unsafe { (Directive::new(cf, cmd), loc_conf(conf)) };
+    if let Some(bad) = d.args.iter().find(|a| plain_arg(a).is_none()) {
+        return d.invalid(bad, "");
     }
-    let mut tags = Vec::with_capacity(args.len());
-    for arg in args {
-        match plain_arg(arg) {
-            Some(tag) => tags.push(tag.to_string()),
-            None => return invalid(cf, cmd, arg),
-        }
-    }
-    conf.audiences = Some(tags);
-    NGX_CONF_OK
+    let tags = d
+        .args
+        .iter()
+        .filter_map(plain_arg)
+        .map(String::from)
+        .collect();
+    d.store(&mut conf.audiences, Some(tags))
 }
 
 /// `cf_access_certs_url <url>;`
@@ -169,23 +195,14 @@ pub extern "C" fn set_certs_url(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: as in set_enabled.
-    let (conf, args) = unsafe { (&mut *conf.cast::<LocConf>(), args(cf)) };
-    if conf.certs_url.is_some() {
-        return IS_DUPLICATE;
-    }
-    let url = plain_arg(&args[0]).filter(|u| {
+    // SAFETY: called by nginx as this module's directive handler.
+    let (d, conf) = unsafe { (Directive::new(cf, cmd), loc_conf(conf)) };
+    let url = plain_arg(d.arg()).filter(|u| {
         (u.starts_with("https://") || u.starts_with("http://"))
             && u.parse::<ureq::http::Uri>()
                 .is_ok_and(|uri| uri.host().is_some_and(|h| !h.is_empty()))
     });
-    match url {
-        Some(url) => {
-            conf.certs_url = Some(url.to_string());
-            NGX_CONF_OK
-        }
-        None => invalid(cf, cmd, &args[0]),
-    }
+    d.store(&mut conf.certs_url, url.map(String::from))
 }
 
 /// Parses an nginx time value (`30s`, `1m`, `1h`) in seconds.
@@ -202,18 +219,9 @@ pub extern "C" fn set_leeway(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: as in set_enabled.
-    let (conf, args) = unsafe { (&mut *conf.cast::<LocConf>(), args(cf)) };
-    if conf.leeway.is_some() {
-        return IS_DUPLICATE;
-    }
-    match parse_seconds(&args[0]) {
-        Some(secs) => {
-            conf.leeway = Some(secs);
-            NGX_CONF_OK
-        }
-        None => invalid(cf, cmd, &args[0]),
-    }
+    // SAFETY: called by nginx as this module's directive handler.
+    let (d, conf) = unsafe { (Directive::new(cf, cmd), loc_conf(conf)) };
+    d.store(&mut conf.leeway, parse_seconds(d.arg()))
 }
 
 /// `cf_access_refresh <time>;` (http)
@@ -222,18 +230,12 @@ pub extern "C" fn set_refresh(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: conf is this module's MainConf; cf is nginx's.
-    let (conf, args) = unsafe { (&mut *conf.cast::<MainConf>(), args(cf)) };
-    if conf.refresh.is_some() {
-        return IS_DUPLICATE;
-    }
-    match parse_seconds(&args[0]).filter(|s| *s > 0) {
-        Some(secs) => {
-            conf.refresh = Some(Duration::from_secs(secs));
-            NGX_CONF_OK
-        }
-        None => invalid(cf, cmd, &args[0]),
-    }
+    // SAFETY: called by nginx as this module's directive handler.
+    let (d, conf) = unsafe { (Directive::new(cf, cmd), main_conf(conf)) };
+    let interval = parse_seconds(d.arg())
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs);
+    d.store(&mut conf.refresh, interval)
 }
 
 /// `cf_access_cache_size <number>;` (http)
@@ -242,50 +244,36 @@ pub extern "C" fn set_cache_size(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: conf is this module's MainConf; cf is nginx's.
-    let (conf, args) = unsafe { (&mut *conf.cast::<MainConf>(), args(cf)) };
-    if conf.cache_size.is_some() {
-        return IS_DUPLICATE;
-    }
-    let size = args[0]
+    // SAFETY: called by nginx as this module's directive handler.
+    let (d, conf) = unsafe { (Directive::new(cf, cmd), main_conf(conf)) };
+    let size = d
+        .arg()
         .to_str()
         .ok()
         .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| *n <= 10_000_000);
-    match size {
-        Some(n) => {
-            conf.cache_size = Some(n);
-            NGX_CONF_OK
-        }
-        None => invalid(cf, cmd, &args[0]),
-    }
+    d.store(&mut conf.cache_size, size)
 }
 
-/// `cf_access_keys_cache <path>;` (http)
+/// `cf_access_keys_cache <path>;` (http). A relative path is relative to the prefix, as
+/// for nginx's own paths.
 pub extern "C" fn set_keys_cache(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: conf is this module's MainConf; cf is nginx's.
-    let (conf, args) = unsafe { (&mut *conf.cast::<MainConf>(), args(cf)) };
-    if conf.keys_cache.is_some() {
-        return IS_DUPLICATE;
-    }
-    let Some(path) = args[0].to_str().ok().filter(|p| !p.is_empty()) else {
-        return invalid(cf, cmd, &args[0]);
-    };
-    // Relative paths are relative to the prefix, as for nginx's own paths.
-    let path = PathBuf::from(path);
-    conf.keys_cache = Some(if path.is_absolute() {
-        path
-    } else {
-        // SAFETY: cf->cycle is the cycle being configured.
-        let prefix = unsafe { (*(*cf).cycle).prefix };
-        PathBuf::from(prefix.to_string()).join(path)
-    });
-    NGX_CONF_OK
+    // SAFETY: called by nginx as this module's directive handler.
+    let (d, conf) = unsafe { (Directive::new(cf, cmd), main_conf(conf)) };
+    // SAFETY: cf->cycle is the cycle being configured.
+    let prefix = unsafe { (*(*cf).cycle).prefix.to_string() };
+    let path = d
+        .arg()
+        .to_str()
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(|p| PathBuf::from(prefix).join(p));
+    d.store(&mut conf.keys_cache, path)
 }
 
 /// Why an enabled location cannot work.

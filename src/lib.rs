@@ -14,9 +14,10 @@ use std::ptr;
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_push, ngx_command_t, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
-    ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_CONF_1MORE,
-    NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t,
+    NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
@@ -75,71 +76,66 @@ unsafe impl HttpModuleLocationConf for Module {
 
 const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
+type SetFn = extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
+
+/// A directive of this module: location-level ones are set on `LocConf`, http-only ones on
+/// `MainConf`.
+const fn command(name: ngx_str_t, flags: u32, set: SetFn) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: flags as ngx_uint_t,
+        set: Some(set),
+        conf: if flags & NGX_HTTP_LOC_CONF != 0 {
+            NGX_HTTP_LOC_CONF_OFFSET
+        } else {
+            NGX_HTTP_MAIN_CONF_OFFSET
+        },
+        offset: 0,
+        post: ptr::null_mut(),
+    }
+}
+
 static mut COMMANDS: [ngx_command_t; 9] = [
-    ngx_command_t {
-        name: ngx_string!("cf_access"),
-        type_: (ANY_LEVEL | NGX_CONF_FLAG) as ngx_uint_t,
-        set: Some(conf::set_enabled),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("cf_access_team_domain"),
-        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(conf::set_team_domain),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("cf_access_aud"),
-        type_: (ANY_LEVEL | NGX_CONF_1MORE) as ngx_uint_t,
-        set: Some(conf::set_audiences),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("cf_access_certs_url"),
-        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(conf::set_certs_url),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("cf_access_leeway"),
-        type_: (ANY_LEVEL | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(conf::set_leeway),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("cf_access_refresh"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(conf::set_refresh),
-        conf: NGX_HTTP_MAIN_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("cf_access_cache_size"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(conf::set_cache_size),
-        conf: NGX_HTTP_MAIN_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("cf_access_keys_cache"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(conf::set_keys_cache),
-        conf: NGX_HTTP_MAIN_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
+    command(
+        ngx_string!("cf_access"),
+        ANY_LEVEL | NGX_CONF_FLAG,
+        conf::set_enabled,
+    ),
+    command(
+        ngx_string!("cf_access_team_domain"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        conf::set_team_domain,
+    ),
+    command(
+        ngx_string!("cf_access_aud"),
+        ANY_LEVEL | NGX_CONF_1MORE,
+        conf::set_audiences,
+    ),
+    command(
+        ngx_string!("cf_access_certs_url"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        conf::set_certs_url,
+    ),
+    command(
+        ngx_string!("cf_access_leeway"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        conf::set_leeway,
+    ),
+    command(
+        ngx_string!("cf_access_refresh"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf::set_refresh,
+    ),
+    command(
+        ngx_string!("cf_access_cache_size"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf::set_cache_size,
+    ),
+    command(
+        ngx_string!("cf_access_keys_cache"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf::set_keys_cache,
+    ),
     ngx_command_t::empty(),
 ];
 
