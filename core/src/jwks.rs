@@ -147,8 +147,6 @@ fn rsa_key(entry: serde_json::Value) -> Option<Key> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine as _;
 
     fn n(bytes: usize) -> String {
         URL_SAFE_NO_PAD.encode(vec![0xC3u8; bytes])

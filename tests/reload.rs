@@ -1,0 +1,274 @@
+//! `nginx -s reload` under load: no request fails, old workers (and their refresher threads)
+//! go away promptly, nothing leaks from one generation of workers to the next (threads, open
+//! files, also in the master), and a graceful quit afterwards is prompt.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cf_access_dev::{mint, now, user_claims, CertsServer, KeyPair};
+use common::{http_request, process_alive, Nginx};
+
+const TEAM: &str = "team.cloudflareaccess.com";
+const AUD: &str = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2";
+const HDR: &str = "Cf-Access-Jwt-Assertion";
+const RELOADS: usize = 20;
+const WORKERS: u32 = 2;
+const CLIENTS: usize = 3;
+
+/// (threads, open fds) of a process, from /proc.
+fn usage(pid: u32) -> Option<(usize, usize)> {
+    let count = |dir: String| fs::read_dir(dir).ok().map(|d| d.count());
+    Some((
+        count(format!("/proc/{pid}/task"))?,
+        count(format!("/proc/{pid}/fd"))?,
+    ))
+}
+
+/// The smallest (threads, open fds) of `pid` over ten samples 100 ms apart, so that a
+/// connection or a key fetch that happens to be in flight is not counted (a leak stays).
+fn usage_min(pid: u32) -> Option<(usize, usize)> {
+    let mut min: Option<(usize, usize)> = None;
+    for _ in 0..10 {
+        let (t, f) = usage(pid)?;
+        min = Some(min.map_or((t, f), |(mt, mf)| (mt.min(t), mf.min(f))));
+        thread::sleep(Duration::from_millis(100));
+    }
+    min
+}
+
+/// Waits until the current workers (`WORKERS` of them, none of `old`) are the only ones and
+/// have been running for 1.5 s (their refresher thread has done a fetch); returns their pids.
+fn settled_workers(nginx: &Nginx, old: &[u32]) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let all: Vec<u32> = nginx.worker_pids();
+        if all.len() == WORKERS as usize && all.iter().all(|p| !old.contains(p)) {
+            thread::sleep(Duration::from_millis(1500));
+            if nginx.worker_pids() == all {
+                return all;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers did not settle: {all:?} (old {old:?})\n{}",
+            nginx.error_log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Each worker's pid and [`usage_min`] (measure with no load running).
+fn measure(pids: &[u32]) -> Vec<(u32, (usize, usize))> {
+    pids.iter()
+        .map(|&p| (p, usage_min(p).expect("worker usage")))
+        .collect()
+}
+
+#[test]
+fn reloads_under_load_lose_nothing_and_leak_nothing() {
+    let key = KeyPair::generate();
+    let certs = CertsServer::start_with_keys(&[&key]);
+    let nginx = Nginx::builder()
+        .workers(WORKERS)
+        .file("p/index.html", "ok\n")
+        .http(&format!(
+            r#"
+    cf_access_refresh 1s;
+    server {{
+        listen 127.0.0.1:{{PORT}};
+        root {{PREFIX}}/html;
+        location /p/ {{
+            cf_access on;
+            cf_access_team_domain {TEAM};
+            cf_access_aud {AUD};
+            cf_access_certs_url {url};
+        }}
+    }}
+"#,
+            url = certs.url()
+        ))
+        .start();
+    let token = mint(
+        &key,
+        &user_claims(TEAM, AUD, "alice@example.com", now(), 3600),
+    );
+    let port = nginx.port();
+    assert_eq!(nginx.get("/p/", &[(HDR, &token)]).status, 200);
+
+    let master = nginx.pid();
+    let master_before = usage_min(master).expect("master usage");
+    let first = measure(&settled_workers(&nginx, &[]));
+    eprintln!("master (threads, fds) before: {master_before:?}; first workers: {first:?}");
+
+    // Load: a few clients sending sequential requests, one connection each.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (stop, ok, failures, token) =
+                (stop.clone(), ok.clone(), failures.clone(), token.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match http_request(port, "GET", "/p/", &[(HDR, &token)], None) {
+                        Ok(r) if r.status == 200 && r.body == "ok\n" => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(r) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("status {} body {:?}", r.status, r.body)),
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut seen: Vec<u32> = first.iter().map(|(p, _)| *p).collect();
+    let mut before_last = seen.clone();
+    let mut last_reload = Instant::now();
+    let started = Instant::now();
+    for i in 0..RELOADS {
+        let before = ok.load(Ordering::SeqCst);
+        before_last = seen.clone();
+        last_reload = Instant::now();
+        // Every other reload really changes the configuration (a second AUD tag); the token
+        // is valid under both.
+        let old_conf = fs::read_to_string(nginx.conf_path()).unwrap();
+        let conf = &old_conf;
+        let conf = if i % 2 == 0 {
+            conf.replace(
+                &format!("cf_access_aud {AUD};"),
+                &format!("cf_access_aud {AUD} x;"),
+            )
+        } else {
+            conf.replace(
+                &format!("cf_access_aud {AUD} x;"),
+                &format!("cf_access_aud {AUD};"),
+            )
+        };
+        assert_ne!(conf, old_conf, "the configuration changes");
+        fs::write(nginx.conf_path(), conf).unwrap();
+        nginx.reload();
+        for p in nginx.worker_pids() {
+            if !seen.contains(&p) {
+                seen.push(p);
+            }
+        }
+        // Let some requests reach the new workers before the next reload.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while ok.load(Ordering::SeqCst) < before + 10 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        thread::sleep(Duration::from_millis(100));
+        assert!(
+            failures.lock().unwrap().is_empty(),
+            "failed requests around reload {i}: {:?}",
+            failures.lock().unwrap()
+        );
+    }
+    let reloads_took = started.elapsed();
+    // Every worker from before the last reload exits promptly (within ~5 s of it), while
+    // the load goes on.
+    let old = before_last;
+    while old.iter().any(|&p| process_alive(p)) {
+        assert!(
+            last_reload.elapsed() < Duration::from_secs(5),
+            "old workers still alive 5 s after the last reload: {:?}\n{}",
+            old.iter()
+                .filter(|&&p| process_alive(p))
+                .collect::<Vec<_>>(),
+            nginx.error_log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let old_gone = last_reload.elapsed();
+    let last_pids = settled_workers(&nginx, &old);
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    // Measured like the first workers: with no load running.
+    let last = measure(&last_pids);
+    let served = ok.load(Ordering::SeqCst);
+    let failed = failures.lock().unwrap().clone();
+    eprintln!(
+        "{RELOADS} reloads in {reloads_took:?}; {served} requests ok, {} failed; old workers \
+         gone {old_gone:?} after the last reload; last workers: {last:?}",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(
+        served >= RELOADS * 10,
+        "too little load to mean anything: {served}"
+    );
+    // Every worker seen during the test but the last generation is gone.
+    for p in &seen {
+        assert!(
+            last.iter().any(|(l, _)| l == p) || !process_alive(*p),
+            "worker {p} outlived its generation"
+        );
+    }
+
+    // No growth of threads or open files from the first workers to the last ones.
+    let max_first = |f: fn(&(usize, usize)) -> usize| first.iter().map(|(_, u)| f(u)).max();
+    let (first_threads, first_fds) = (max_first(|u| u.0).unwrap(), max_first(|u| u.1).unwrap());
+    for (pid, (threads, fds)) in &last {
+        assert!(
+            *threads <= first_threads + 2,
+            "worker {pid}: {threads} threads, the first workers had {first_threads}"
+        );
+        assert!(
+            *fds <= first_fds + 2,
+            "worker {pid}: {fds} open files, the first workers had {first_fds}"
+        );
+    }
+    assert!(first_threads >= 2, "a worker has its refresher thread");
+    // The master fetches keys at every reload: no thread or socket may outlive the fetch.
+    let master_after = usage_min(master).expect("master usage");
+    eprintln!("master (threads, fds) after: {master_after:?}");
+    assert_eq!(master_after.0, 1, "the master runs a single thread");
+    assert!(
+        master_after.1 <= master_before.1 + 2,
+        "master open files: {master_before:?} -> {master_after:?}"
+    );
+    assert_eq!(nginx.get("/p/", &[(HDR, &token)]).status, 200);
+
+    // Graceful quit (SIGQUIT) is prompt.
+    let workers = nginx.worker_pids();
+    let started = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-QUIT", &master.to_string()])
+        .status()
+        .is_ok_and(|s| s.success()));
+    while process_alive(master) || workers.iter().any(|&w| process_alive(w)) {
+        if started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let quit_took = started.elapsed();
+    eprintln!("SIGQUIT took {quit_took:?}");
+    let log = nginx.error_log();
+    for bad in ["exited on signal", "[alert]", "[emerg]", "[crit]"] {
+        assert!(!log.contains(bad), "error log contains {bad:?}:\n{log}");
+    }
+    assert!(!nginx.stderr().contains("panicked"), "{}", nginx.stderr());
+    assert!(
+        quit_took < Duration::from_secs(5),
+        "graceful quit took {quit_took:?}"
+    );
+    assert_eq!(
+        log.matches("start worker process ").count(),
+        WORKERS as usize * (RELOADS + 1),
+        "every reload started new workers"
+    );
+    nginx.stop();
+}
