@@ -106,10 +106,7 @@ pub fn fetch(url: &str) -> Result<Snapshot, FetchError> {
         .user_agent(concat!("ngx_http_cf_access/", env!("CARGO_PKG_VERSION")))
         .build()
         .into();
-    let mut response = agent
-        .get(url)
-        .call()
-        .map_err(|e| FetchError::Transport(e.to_string()))?;
+    let mut response = agent.get(url).call().map_err(transport_error)?;
     let status = response.status().as_u16();
     if status != 200 {
         return Err(FetchError::Status(status));
@@ -121,12 +118,24 @@ pub fn fetch(url: &str) -> Result<Snapshot, FetchError> {
         .read_to_vec()
         .map_err(|e| match e {
             ureq::Error::BodyExceedsLimit(_) => FetchError::TooLarge,
-            e => FetchError::Transport(e.to_string()),
+            e => transport_error(e),
         })?;
     Ok(Snapshot {
         set: KeySet::from_certs_json(&body)?,
         body,
     })
+}
+
+fn transport_error(e: ureq::Error) -> FetchError {
+    match e {
+        // ureq names the step whose timer ran out ("send request" covers waiting for the
+        // response head); say plainly that the endpoint did not answer in time.
+        ureq::Error::Timeout(_) => FetchError::Transport(format!(
+            "no complete answer within {} s ({e})",
+            FETCH_TIMEOUT.as_secs()
+        )),
+        e => FetchError::Transport(e.to_string()),
+    }
 }
 
 /// Fetches `store`'s URL and publishes the result; on failure the last good set stays.
