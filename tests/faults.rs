@@ -39,23 +39,7 @@ const KEEPING: &str = "keeping the last good key set";
 /// nginx with one protected location using `url`, refreshing every second.
 fn nginx_for(url: &str) -> Nginx {
     Nginx::builder()
-        .file("p/index.html", "ok\n")
-        .http(&format!(
-            r#"
-    cf_access_refresh 1s;
-    server {{
-        listen 127.0.0.1:{{PORT}};
-        root {{PREFIX}}/html;
-        location /p/ {{
-            cf_access on;
-            cf_access_team_domain {TEAM};
-            cf_access_aud {AUD};
-            cf_access_certs_url {url};
-            add_header X-Status $cf_access_status always;
-        }}
-    }}
-"#
-        ))
+        .protected_site((TEAM, AUD, url), "cf_access_refresh 1s;", "")
         .start()
 }
 

@@ -13,30 +13,9 @@ const TEAM: &str = "team.cloudflareaccess.com";
 const AUD: &str = "app-one";
 const HDR: &str = "Cf-Access-Jwt-Assertion";
 
-fn protected(url: &str, extra_http: &str, extra_location: &str) -> String {
-    format!(
-        r#"
-    {extra_http}
-    cf_access_team_domain {TEAM};
-    cf_access_aud {AUD};
-    cf_access_certs_url {url};
-    server {{
-        listen 127.0.0.1:{{PORT}};
-        root {{PREFIX}}/html;
-        location /p/ {{
-            cf_access on;
-            add_header X-Status $cf_access_status always;
-            {extra_location}
-        }}
-    }}
-"#
-    )
-}
-
 fn start(url: &str, extra_http: &str, extra_location: &str) -> Nginx {
     Nginx::builder()
-        .file("p/index.html", "ok\n")
-        .http(&protected(url, extra_http, extra_location))
+        .protected_site((TEAM, AUD, url), extra_http, extra_location)
         .start()
 }
 

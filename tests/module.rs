@@ -371,23 +371,7 @@ fn periodic_refresh_picks_up_a_rotated_key_set() {
     let new = KeyPair::generate();
     let certs = CertsServer::start_with_keys(&[&old]);
     let nginx = Nginx::builder()
-        .file("p/index.html", "ok\n")
-        .http(&format!(
-            r#"
-    cf_access_refresh 1s;
-    server {{
-        listen 127.0.0.1:{{PORT}};
-        root {{PREFIX}}/html;
-        location /p/ {{
-            cf_access on;
-            cf_access_team_domain {TEAM};
-            cf_access_aud {AUD};
-            cf_access_certs_url {url};
-        }}
-    }}
-"#,
-            url = certs.url()
-        ))
+        .protected_site((TEAM, AUD, &certs.url()), "cf_access_refresh 1s;", "")
         .start();
     let token = mint(&new, &claims());
     assert_eq!(nginx.get("/p/", &[(HDR, &token)]).status, 403);
@@ -408,23 +392,7 @@ fn no_keys_fails_closed_and_recovers() {
     let key = KeyPair::generate();
     let certs = CertsServer::start(cf_access_dev::Behavior::Status(500, "oops".into()));
     let nginx = Nginx::builder()
-        .file("p/index.html", "ok\n")
-        .http(&format!(
-            r#"
-    server {{
-        listen 127.0.0.1:{{PORT}};
-        root {{PREFIX}}/html;
-        location /p/ {{
-            cf_access on;
-            cf_access_team_domain {TEAM};
-            cf_access_aud {AUD};
-            cf_access_certs_url {url};
-            add_header X-Status $cf_access_status always;
-        }}
-    }}
-"#,
-            url = certs.url()
-        ))
+        .protected_site((TEAM, AUD, &certs.url()), "", "")
         .start();
     let token = mint(&key, &claims());
     let r = nginx.get("/p/", &[(HDR, &token)]);

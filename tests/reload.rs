@@ -76,23 +76,7 @@ fn reloads_under_load_lose_nothing_and_leak_nothing() {
     let certs = CertsServer::start_with_keys(&[&key]);
     let nginx = Nginx::builder()
         .workers(WORKERS)
-        .file("p/index.html", "ok\n")
-        .http(&format!(
-            r#"
-    cf_access_refresh 1s;
-    server {{
-        listen 127.0.0.1:{{PORT}};
-        root {{PREFIX}}/html;
-        location /p/ {{
-            cf_access on;
-            cf_access_team_domain {TEAM};
-            cf_access_aud {AUD};
-            cf_access_certs_url {url};
-        }}
-    }}
-"#,
-            url = certs.url()
-        ))
+        .protected_site((TEAM, AUD, &certs.url()), "cf_access_refresh 1s;", "")
         .start();
     let token = mint(
         &key,

@@ -208,6 +208,34 @@ impl NginxBuilder {
         self
     }
 
+    /// One server whose location `/p/` (serving `html/p/index.html`) needs a token for
+    /// `team`/`aud`, with keys from `certs_url`, and reports `$cf_access_status` in the
+    /// `X-Status` header. `http_extra` goes before the server, `location_extra` into `/p/`.
+    pub fn protected_site(
+        self,
+        (team, aud, certs_url): (&str, &str, &str),
+        http_extra: &str,
+        location_extra: &str,
+    ) -> Self {
+        self.file("p/index.html", "ok\n").http(&format!(
+            r#"
+    {http_extra}
+    server {{
+        listen 127.0.0.1:{{PORT}};
+        root {{PREFIX}}/html;
+        location /p/ {{
+            cf_access on;
+            cf_access_team_domain {team};
+            cf_access_aud {aud};
+            cf_access_certs_url {certs_url};
+            add_header X-Status $cf_access_status always;
+            {location_extra}
+        }}
+    }}
+"#
+        ))
+    }
+
     fn substitute(text: &str, prefix: &Path, port: u16, port2: u16) -> String {
         text.replace("{PORT}", &port.to_string())
             .replace("{PORT2}", &port2.to_string())
