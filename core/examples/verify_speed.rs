@@ -13,7 +13,10 @@ fn main() {
     let team = "team.cloudflareaccess.com";
     let aud = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2";
     let policy = Policy::new(team, vec![aud.into()], 60);
-    let token = mint(&key, &user_claims(team, aud, "alice@example.com", now, 3600));
+    let token = mint(
+        &key,
+        &user_claims(team, aud, "alice@example.com", now, 3600),
+    );
     let n = 20_000;
 
     let t = Instant::now();
