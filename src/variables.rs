@@ -113,26 +113,22 @@ pub fn add(cf: *mut ngx_conf_t) -> NgxStatus {
 
 fn set_value(r: &Request, v: &mut ngx_variable_value_t, value: Option<Cow<'_, str>>) -> ngx_int_t {
     let value = value.unwrap_or(Cow::Borrowed(""));
-    let data = match value {
+    let data = match &value {
         // Borrowed from the request's context (or static): outlives the variable.
-        Cow::Borrowed(s) => s.as_ptr() as *mut u8,
+        Cow::Borrowed(s) => s.as_ptr().cast_mut(),
+        // Computed now: copied into the request's pool.
         Cow::Owned(s) => {
-            let p = r.pool().alloc(s.len().max(1)) as *mut u8;
+            let p = r.pool().alloc(s.len().max(1)).cast::<u8>();
             if p.is_null() {
                 return NgxStatus::NGX_ERROR.into();
             }
-            // SAFETY: p has room for s.len() bytes.
+            // SAFETY: p has room for s.len() bytes and does not overlap s.
             unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), p, s.len()) };
-            v.set_len(s.len() as u32);
-            v.data = p;
-            v.set_valid(1);
-            v.set_no_cacheable(0);
-            v.set_not_found(0);
-            return NgxStatus::NGX_OK.into();
+            p
         }
     };
-    v.set_len(value.len() as u32);
     v.data = data;
+    v.set_len(value.len() as u32);
     v.set_valid(1);
     v.set_no_cacheable(0);
     v.set_not_found(0);
