@@ -185,14 +185,8 @@ fn demo_conf_passes_nginx_t() {
     assert!(!unfilled, "unfilled placeholder in demo.conf:\n{conf}");
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).expect("write nginx.conf");
-    let out = Command::new(Nginx::nginx_binary())
+    let out = Nginx::command(&dir, &conf_path)
         .arg("-t")
-        .arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-e")
-        .arg(dir.join("logs/error.log"))
         .output()
         .expect("run nginx -t");
     let text = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -277,13 +277,7 @@ fn nginx_t_and_nginx_s_do_not_fetch_keys() {
     let nginx = start(&certs.url(), "", "");
     let before = certs.hits();
     for args in [&["-t"][..], &["-s", "reopen"][..]] {
-        let out = std::process::Command::new(Nginx::nginx_binary())
-            .arg("-p")
-            .arg(nginx.prefix())
-            .arg("-c")
-            .arg(nginx.conf_path())
-            .arg("-e")
-            .arg(nginx.prefix().join("logs/error.log"))
+        let out = Nginx::command(nginx.prefix(), nginx.conf_path())
             .args(args)
             .output()
             .unwrap();

@@ -301,15 +301,8 @@ impl NginxBuilder {
         let conf_path = self.prepare(&prefix, port, port2);
         let error_log = prefix.join("logs").join("error.log");
         let binary = Nginx::nginx_binary();
-        let output = Command::new(&binary)
+        let output = Nginx::command(&prefix, &conf_path)
             .arg("-t")
-            .arg("-p")
-            .arg(&prefix)
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(&error_log)
-            .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("run {}: {e}", binary.display()));
         let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -347,14 +340,7 @@ impl NginxBuilder {
             let _ = fs::remove_file(prefix.join("nginx.pid"));
             let stderr = fs::File::create(&stderr_path).expect("create nginx stderr file");
             let stdout = fs::File::create(&stdout_path).expect("create nginx stdout file");
-            let child = Command::new(&binary)
-                .arg("-p")
-                .arg(&prefix)
-                .arg("-c")
-                .arg(&conf_path)
-                .arg("-e")
-                .arg(&error_log)
-                .stdin(Stdio::null())
+            let child = Nginx::command(&prefix, &conf_path)
                 .stdout(stdout)
                 .stderr(stderr)
                 .spawn()
@@ -425,6 +411,20 @@ pub struct Nginx {
 impl Nginx {
     pub fn builder() -> NginxBuilder {
         NginxBuilder::new()
+    }
+
+    /// `nginx -p PREFIX -c CONF -e PREFIX/logs/error.log` with the binary under test: a
+    /// packaged nginx's compiled-in paths are never used. Add `-t`, `-s ...` as needed.
+    pub fn command(prefix: &Path, conf: &Path) -> Command {
+        let mut cmd = Command::new(Nginx::nginx_binary());
+        cmd.arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(conf)
+            .arg("-e")
+            .arg(prefix.join("logs").join("error.log"))
+            .stdin(Stdio::null());
+        cmd
     }
 
     /// `$CF_ACCESS_NGINX`, else the vendored build's `objs/nginx`.
