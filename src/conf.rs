@@ -12,7 +12,7 @@ use ngx::ffi::{
 };
 use ngx::ngx_conf_log_error;
 
-use crate::keys::{self, KeyStore};
+use crate::keys::{self, Egress, KeyStore};
 
 pub const DEFAULT_LEEWAY: u64 = 60;
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
@@ -24,6 +24,8 @@ pub struct MainConf {
     pub refresh: Option<Duration>,
     pub cache_size: Option<usize>,
     pub keys_cache: Option<PathBuf>,
+    /// How certs URLs are reached (`cf_access_proxy`, `cf_access_trusted_certificate`).
+    pub egress: Egress,
     /// Every key store some enabled location uses, each once.
     pub stores: Vec<Arc<KeyStore>>,
 }
@@ -94,6 +96,14 @@ impl Directive<'_> {
             name,
             hint
         );
+        NGX_CONF_ERROR
+    }
+
+    /// `"name" directive <why>`, for failures that are not a bad value.
+    fn fail(&self, why: &str) -> *mut c_char {
+        // SAFETY: nginx passes the command being handled.
+        let name = unsafe { &(*self.cmd).name };
+        ngx_conf_log_error!(NGX_LOG_EMERG, self.cf, "\"{}\" directive {}", name, why);
         NGX_CONF_ERROR
     }
 
@@ -274,6 +284,43 @@ pub extern "C" fn set_keys_cache(
         .filter(|p| !p.is_empty())
         .map(|p| PathBuf::from(prefix).join(p));
     d.store(&mut conf.keys_cache, path)
+}
+
+/// `cf_access_proxy <url>;` (http): an HTTP proxy reached with CONNECT.
+pub extern "C" fn set_proxy(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: called by nginx as this module's directive handler.
+    let (d, conf) = unsafe { (Directive::new(cf, cmd), main_conf(conf)) };
+    let proxy = plain_arg(d.arg())
+        .filter(|p| p.starts_with("http://") || p.starts_with("https://"))
+        .and_then(|p| ureq::Proxy::new(p).ok());
+    d.store(&mut conf.egress.proxy, proxy)
+}
+
+/// `cf_access_trusted_certificate <file>;` (http): PEM CA certificates that replace the
+/// bundled web roots. Read once, at configuration time, like nginx's own certificates.
+pub extern "C" fn set_trusted_certificate(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: called by nginx as this module's directive handler.
+    let (d, conf) = unsafe { (Directive::new(cf, cmd), main_conf(conf)) };
+    if conf.egress.roots.is_some() {
+        return d.store(&mut conf.egress.roots, None);
+    }
+    // SAFETY: cf->cycle is the cycle being configured.
+    let prefix = unsafe { (*(*cf).cycle).conf_prefix.to_string() };
+    let Some(path) = plain_arg(d.arg()).map(|p| PathBuf::from(&prefix).join(p)) else {
+        return d.invalid(d.arg(), "");
+    };
+    match keys::fetch::read_roots(&path) {
+        Ok(certs) => d.store(&mut conf.egress.roots, Some(Arc::new(certs))),
+        Err(e) => d.fail(&format!("cannot use \"{}\": {e}", path.display())),
+    }
 }
 
 /// Why an enabled location cannot work.

@@ -47,7 +47,9 @@ fn check(r: &Request, verifier: &Verifier) -> Result<Arc<Verified>, VerifyError>
     });
     if matches!(result, Err(VerifyError::UnknownKid)) {
         // Perhaps the keys were rotated: have the refresher look (rate limited).
-        store.want_refresh();
+        if store.want_refresh() {
+            crate::refresher::wake();
+        }
     }
     result
 }

@@ -4,8 +4,11 @@
 //! - `conf.rs`: directives, set functions, merge;
 //! - `handler.rs`: the access-phase handler; `ctx.rs`: the per-request verdict;
 //! - `variables.rs`: `$cf_access_*`;
-//! - `keys.rs`: process-wide key sets and fetching; `refresher.rs`: the per-worker thread;
-//! - `lifecycle.rs`: the master's first fetch, starting and stopping the refresher;
+//! - `zone.rs`: the shared memory zone every process of the instance agrees through;
+//! - `keys/`: this process's key sets, one bounded fetch, one refresh round, the key cache
+//!   file; `refresher.rs`: the per-worker thread running refresh rounds;
+//! - `lifecycle.rs`: the master's round at start and reload, starting and stopping the
+//!   refresher;
 //! - `cf-access-core` (core/): token, JWKS and claims logic, free of nginx.
 
 use std::ffi::{c_char, c_void};
@@ -22,6 +25,8 @@ use ngx::ffi::{
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
 
+use cf_access_core::zone::MAX_URLS;
+
 mod conf;
 mod ctx;
 mod handler;
@@ -31,6 +36,7 @@ mod log;
 mod refresher;
 mod signals;
 mod variables;
+mod zone;
 
 use conf::{LocConf, MainConf};
 
@@ -49,6 +55,20 @@ impl HttpModule for Module {
     unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         // SAFETY: nginx passes a valid cf within the http block.
         let cf = unsafe { &mut *cf };
+        let urls = Module::main_conf(cf).map_or(0, |m| m.stores.len());
+        if urls > MAX_URLS {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"cf_access\" uses {} certs urls, at most {} are supported",
+                urls,
+                MAX_URLS
+            );
+            return Status::NGX_ERROR.into();
+        }
+        if urls > 0 && zone::declare(cf) != Status::NGX_OK {
+            return Status::NGX_ERROR.into();
+        }
         let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(cf) else {
             return Status::NGX_ERROR.into();
         };
@@ -95,7 +115,7 @@ const fn command(name: ngx_str_t, flags: u32, set: SetFn) -> ngx_command_t {
     }
 }
 
-static mut COMMANDS: [ngx_command_t; 9] = [
+static mut COMMANDS: [ngx_command_t; 11] = [
     command(
         ngx_string!("cf_access"),
         ANY_LEVEL | NGX_CONF_FLAG,
@@ -135,6 +155,16 @@ static mut COMMANDS: [ngx_command_t; 9] = [
         ngx_string!("cf_access_keys_cache"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         conf::set_keys_cache,
+    ),
+    command(
+        ngx_string!("cf_access_proxy"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf::set_proxy,
+    ),
+    command(
+        ngx_string!("cf_access_trusted_certificate"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf::set_trusted_certificate,
     ),
     ngx_command_t::empty(),
 ];

@@ -1,6 +1,6 @@
 //! Logging from the refresher thread into the cycle's error log.
 
-use ngx::ffi::{ngx_log_t, NGX_LOG_NOTICE, NGX_LOG_WARN};
+use ngx::ffi::{ngx_log_t, NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_LOG_WARN};
 
 /// The cycle's error log, for use from a thread of ours.
 ///
@@ -16,6 +16,10 @@ impl ThreadLog {
     /// `log` must stay valid for the rest of the process (the cycle's log does).
     pub unsafe fn new(log: *mut ngx_log_t) -> ThreadLog {
         ThreadLog(log)
+    }
+
+    pub fn alert(&self, msg: &str) {
+        self.write(NGX_LOG_ALERT as _, msg);
     }
 
     pub fn warn(&self, msg: &str) {

@@ -2,17 +2,21 @@
 //!
 //! Started in `init_process` (threads do not survive fork), it blocks all signals, calls no
 //! nginx API but the error log, and never holds anything the request path waits on (the
-//! request path only sets an atomic flag and, rarely, notifies a condition variable). On
-//! `exit_process` it is told to stop and left detached: a fetch in flight cannot delay
-//! worker shutdown.
+//! request path only sets an atomic flag and, rarely, notifies a condition variable). Each
+//! round (`keys::sync`) adopts what another process put in the shared zone, or fetches
+//! under the instance-wide lease. A panic in a round is caught, logged as `[alert]`, and the
+//! thread goes on. On `exit_process` it is told to stop and left detached: a fetch in
+//! flight cannot delay worker shutdown.
 
-use std::path::PathBuf;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cf_access_core::schedule;
+use cf_access_core::refresh::POLL;
+use cf_access_core::zone::Zone;
 
-use crate::keys::{self, KeyStore};
+use crate::keys::sync::{self, mono_ms, Env};
+use crate::keys::{Caller, Egress, KeyStore};
 use crate::log::ThreadLog;
 
 struct Control {
@@ -44,57 +48,58 @@ pub fn stop() {
 }
 
 pub struct Settings {
+    pub zone: Zone,
     pub stores: Vec<Arc<KeyStore>>,
     pub interval: Duration,
-    pub keys_cache: Option<PathBuf>,
+    pub egress: Egress,
 }
 
 struct Target {
     store: Arc<KeyStore>,
-    failures: u32,
-    due: Instant,
-    last_fetch: Option<Instant>,
+    /// When a request asked for a forced refresh (monotonic ms), until answered.
+    wish: Option<u64>,
+    /// When to look at this store again (monotonic ms).
+    next: u64,
 }
 
 /// Spawns the thread.
 pub fn start(settings: Settings, log: ThreadLog) -> std::io::Result<()> {
     *stop_flag() = false;
-    let now = Instant::now();
     let targets = settings
         .stores
         .iter()
         .map(|store| Target {
-            // Workers fork with the master's keys; a store still without keys is fetched
-            // at once.
-            due: if store.has_keys() {
-                now + settings.interval
-            } else {
-                now
-            },
             store: store.clone(),
-            failures: 0,
-            last_fetch: None,
+            wish: None,
+            next: 0,
         })
         .collect();
     crate::signals::spawn_with_signals_blocked(move || run(targets, &settings, &log))
 }
 
 fn run(mut targets: Vec<Target>, settings: &Settings, log: &ThreadLog) {
+    let env = Env {
+        interval: settings.interval,
+        egress: &settings.egress,
+        caller: Caller::Worker,
+        log,
+    };
     loop {
-        // Wait until a fetch is due, a store wants one, or we must stop.
+        // Wait until a store is due, a request wants a refresh, or we must stop.
         {
             let mut stop = stop_flag();
             loop {
                 if *stop {
                     return;
                 }
-                let now = Instant::now();
+                let now = mono_ms();
                 for t in targets.iter_mut() {
                     if t.store.take_refresh_wanted() {
-                        t.due = t.due.min(schedule::forced_due(t.last_fetch, now));
+                        t.wish.get_or_insert(now);
+                        t.next = now;
                     }
                 }
-                let Some(next) = targets.iter().map(|t| t.due).min() else {
+                let Some(next) = targets.iter().map(|t| t.next).min() else {
                     return;
                 };
                 if next <= now {
@@ -102,61 +107,26 @@ fn run(mut targets: Vec<Target>, settings: &Settings, log: &ThreadLog) {
                 }
                 stop = CONTROL
                     .wake
-                    .wait_timeout(stop, next - now)
+                    .wait_timeout(stop, Duration::from_millis(next - now))
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
         }
-        let mut changed = false;
-        for target in targets.iter_mut().filter(|t| t.due <= Instant::now()) {
-            changed |= refresh(target, log);
-            target.due = Instant::now() + schedule::next_delay(settings.interval, target.failures);
+        for t in targets.iter_mut().filter(|t| t.next <= mono_ms()) {
+            let round = panic::catch_unwind(AssertUnwindSafe(|| {
+                sync::round(&settings.zone, &t.store, &mut t.wish, &env)
+            }));
+            t.next = round.unwrap_or_else(|_| {
+                log.alert(&format!(
+                    "cf_access: the key refresher panicked while refreshing \"{}\"; \
+                     it goes on",
+                    t.store.url
+                ));
+                mono_ms() + POLL.as_millis() as u64
+            });
             if *stop_flag() {
                 return;
             }
-        }
-        if let (true, Some(path)) = (changed, &settings.keys_cache) {
-            if let Err(e) = keys::save(&settings.stores, path) {
-                log.warn(&format!(
-                    "cf_access: cannot write the key cache \"{}\": {e}",
-                    path.display()
-                ));
-            }
-        }
-    }
-}
-
-/// One fetch; logs only changes of state. Returns whether the published set changed.
-fn refresh(target: &mut Target, log: &ThreadLog) -> bool {
-    target.last_fetch = Some(Instant::now());
-    let url = &target.store.url;
-    match keys::refresh(&target.store) {
-        Ok((n, changed)) => {
-            if target.failures > 0 {
-                log.notice(&format!(
-                    "cf_access: key set from \"{url}\" loaded again ({n} keys)"
-                ));
-            } else if changed {
-                log.notice(&format!(
-                    "cf_access: key set from \"{url}\" updated ({n} keys)"
-                ));
-            }
-            target.failures = 0;
-            changed
-        }
-        Err(e) => {
-            target.failures = target.failures.saturating_add(1);
-            if target.failures == 1 {
-                log.warn(&format!(
-                    "cf_access: refreshing keys from \"{url}\" failed: {e}; {}",
-                    if target.store.has_keys() {
-                        "keeping the last good key set"
-                    } else {
-                        "no keys loaded, requests are refused"
-                    }
-                ));
-            }
-            false
         }
     }
 }

@@ -59,6 +59,9 @@ impl Key {
 #[derive(Debug, Default)]
 pub struct KeySet {
     keys: Vec<Key>,
+    /// `{"keys":[...]}` with only the keys accepted, only the fields read: what is shared
+    /// between processes and saved to the key cache file.
+    canonical: Vec<u8>,
 }
 
 #[derive(Deserialize)]
@@ -89,11 +92,20 @@ impl KeySet {
         let certs: CertsBody =
             serde_json::from_slice(body).map_err(|e| JwksError::Json(e.to_string()))?;
         let entries = certs.keys.ok_or(JwksError::NoKeysArray)?;
-        let keys: Vec<Key> = entries.into_iter().filter_map(rsa_key).collect();
+        let (keys, jwks): (Vec<Key>, Vec<serde_json::Value>) =
+            entries.into_iter().filter_map(rsa_key).unzip();
         if keys.is_empty() {
             return Err(JwksError::NoUsableKeys);
         }
-        Ok(KeySet { keys })
+        let canonical = serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
+            .map_err(|e| JwksError::Json(e.to_string()))?;
+        Ok(KeySet { keys, canonical })
+    }
+
+    /// The set as canonical certs JSON: parses back to the same set; two sets with the same
+    /// keys have the same bytes.
+    pub fn canonical_json(&self) -> &[u8] {
+        &self.canonical
     }
 
     pub fn get(&self, kid: &str) -> Option<&Key> {
@@ -113,7 +125,7 @@ impl KeySet {
     }
 }
 
-fn rsa_key(entry: serde_json::Value) -> Option<Key> {
+fn rsa_key(entry: serde_json::Value) -> Option<(Key, serde_json::Value)> {
     let jwk: RsaJwk = serde_json::from_value(entry).ok()?;
     if jwk.kty != "RSA"
         || jwk.kid.is_empty()
@@ -137,11 +149,17 @@ fn rsa_key(entry: serde_json::Value) -> Option<Key> {
     ctx.update(&e);
     let mut fingerprint = [0u8; 32];
     fingerprint.copy_from_slice(ctx.finish().as_ref());
-    Some(Key {
-        kid: jwk.kid,
-        fingerprint,
-        parsed,
-    })
+    let canonical = serde_json::json!({
+        "kty": "RSA", "kid": &jwk.kid, "alg": "RS256", "use": "sig", "n": jwk.n, "e": jwk.e,
+    });
+    Some((
+        Key {
+            kid: jwk.kid,
+            fingerprint,
+            parsed,
+        },
+        canonical,
+    ))
 }
 
 #[cfg(test)]
@@ -169,6 +187,10 @@ mod tests {
         let set = KeySet::from_certs_json(body.as_bytes()).unwrap();
         assert_eq!(set.kids().collect::<Vec<_>>(), ["a", "b"]);
         assert!(set.get("evil").is_none());
+        let again = KeySet::from_certs_json(set.canonical_json()).unwrap();
+        assert_eq!(again.canonical_json(), set.canonical_json());
+        assert_eq!(again.kids().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(!String::from_utf8_lossy(set.canonical_json()).contains("public_cert"));
     }
 
     #[test]

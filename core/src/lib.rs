@@ -6,7 +6,9 @@
 //! - [`policy`]: the claims rules (`exp`/`nbf`/`iat` with leeway, `iss`, `aud`, `type`).
 //! - [`verify`]: the whole check, in the order that never trusts unverified data.
 //! - [`cache`]: the per-worker cache of verified tokens.
-//! - [`schedule`]: when a refresher fetches next.
+//! - [`redirect`]: where a redirect of the certs endpoint leads, and whether to follow it.
+//! - [`refresh`]: the refresh state machine every process of an instance follows.
+//! - [`zone`]: the layout of the shared memory zone holding that state and the newest sets.
 //! - [`persist`]: the optional on-disk copy of the last good key sets.
 //!
 //! Time is always passed in (`now`, unix seconds); nothing here reads the clock.
@@ -18,9 +20,11 @@ pub mod extract;
 pub mod jwks;
 pub mod persist;
 pub mod policy;
-pub mod schedule;
+pub mod redirect;
+pub mod refresh;
 pub mod token;
 pub mod verify;
+pub mod zone;
 
 pub use cache::TokenCache;
 pub use error::{Status, VerifyError};

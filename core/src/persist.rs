@@ -1,96 +1,763 @@
 //! The optional on-disk copy of the last good key sets (`cf_access_keys_cache`), so that a
 //! restart during a Cloudflare outage still serves.
 //!
-//! One JSON file maps each certs URL to the certs response it last returned. Writes are
-//! atomic (a temporary file in the same directory, then rename); a file that cannot be
-//! read or parsed is ignored by the caller with a warning.
+//! One JSON file maps each certs URL to the certs response it last returned and when that
+//! response was fetched: `{"<url>": {"fetched_at": N, "certs": <certs json>}, ...}`.
+//!
+//! Only the root nginx master reads and writes the file, and the worker user may be hostile,
+//! so both directions distrust the file system:
+//!
+//! - the parent directory is opened once (`O_NOFOLLOW`) and must not be writable by anyone
+//!   but root or the effective uid; everything else happens relative to that descriptor;
+//! - [`load`] opens the file with `O_NOFOLLOW | O_NONBLOCK` (a symlink is refused, a FIFO
+//!   cannot hang the open), then requires a regular file owned by the effective uid, not
+//!   writable by group or others, of at most [`MAX_FILE`] bytes, and reads no more than that;
+//! - [`store`] writes a fresh temporary file with an unpredictable name (`O_CREAT | O_EXCL |
+//!   O_NOFOLLOW`, mode 0600), syncs it, renames it over the target (which replaces a planted
+//!   symlink instead of following it) and syncs the directory.
+//!
+//! A file that is refused, unreadable or unparsable is ignored by the caller with a warning.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::Write as _;
-use std::path::Path;
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::fs::{self, File, Permissions};
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+/// Largest key cache file accepted (bytes).
+pub const MAX_FILE: u64 = 4 * 1024 * 1024;
+
+/// One saved key set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    /// When the set was fetched from the certs endpoint (unix seconds; 0 if unknown).
+    pub fetched_at: u64,
+    /// The certs response body (JSON bytes).
+    pub body: Vec<u8>,
+}
+
+/// Why the key cache file was refused, or could not be read or written.
 #[derive(Debug, Error)]
 pub enum PersistError {
+    #[error("{0:?} has no file name")]
+    NoFileName(PathBuf),
+    #[error("cannot {what} {path:?}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("directory {0:?} is a symbolic link")]
+    DirSymlink(PathBuf),
+    #[error("{0:?} is not a directory")]
+    NotDir(PathBuf),
+    #[error("directory {path:?} is owned by uid {uid}, not {}", dir_owners(.euid))]
+    DirOwner { path: PathBuf, uid: u32, euid: u32 },
+    #[error("directory {path:?} is writable by others (mode {mode:04o})")]
+    DirWritable { path: PathBuf, mode: u32 },
+    #[error("directory {path:?} is writable by group {gid} (mode {mode:04o})")]
+    DirGroupWritable { path: PathBuf, gid: u32, mode: u32 },
+    #[error("{0:?} is a symbolic link")]
+    Symlink(PathBuf),
+    #[error("{0:?} is not a regular file")]
+    NotRegular(PathBuf),
+    #[error("{path:?} is owned by uid {uid}, not {euid}")]
+    Owner { path: PathBuf, uid: u32, euid: u32 },
+    #[error("{path:?} is writable by group or others (mode {mode:04o})")]
+    Writable { path: PathBuf, mode: u32 },
+    #[error("{0:?} is larger than {MAX_FILE} bytes")]
+    TooLarge(PathBuf),
+    #[error("no random bytes for a temporary file name")]
+    Random,
     #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("not a key cache file: {0}")]
     Format(String),
 }
 
-/// Encodes `(certs url, certs response body)` pairs. Bodies must be JSON (they parsed).
-pub fn encode<'a>(sets: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+/// The owners a key cache directory may have, for [`PersistError::DirOwner`].
+fn dir_owners(euid: &u32) -> String {
+    if *euid == 0 {
+        "0".to_owned()
+    } else {
+        format!("0 or {euid}")
+    }
+}
+
+/// Encodes url -> Saved as the file's JSON: `{"<url>": {"fetched_at": N, "certs": <body
+/// json>}, ...}`. Bodies that are not valid JSON are skipped.
+pub fn encode<'a>(sets: impl IntoIterator<Item = (&'a str, &'a Saved)>) -> Vec<u8> {
     let map: BTreeMap<&str, serde_json::Value> = sets
         .into_iter()
-        .filter_map(|(url, body)| Some((url, serde_json::from_slice(body).ok()?)))
+        .filter_map(|(url, saved)| {
+            let certs: serde_json::Value = serde_json::from_slice(&saved.body).ok()?;
+            Some((
+                url,
+                serde_json::json!({ "fetched_at": saved.fetched_at, "certs": certs }),
+            ))
+        })
         .collect();
     serde_json::to_vec_pretty(&map).unwrap_or_default()
 }
 
-/// Decodes a key cache file into `certs url -> certs response body`.
-pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, PersistError> {
+/// Decodes the file's JSON. Also accepts the old format where the value is the certs json
+/// itself (then `fetched_at` = 0): an object value with a `"certs"` member is the new format,
+/// otherwise old.
+pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Saved>, PersistError> {
+    decode_map(bytes).map_err(|e| PersistError::Format(format!("not a key cache file: {e}")))
+}
+
+/// [`decode`], with the reason as a bare string.
+fn decode_map(bytes: &[u8]) -> Result<BTreeMap<String, Saved>, String> {
     let map: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(bytes).map_err(|e| PersistError::Format(e.to_string()))?;
-    Ok(map
-        .into_iter()
-        .map(|(url, v)| (url, v.to_string().into_bytes()))
-        .collect())
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    map.into_iter()
+        .map(|(url, value)| {
+            let saved = decode_entry(value).map_err(|e| format!("{url:?}: {e}"))?;
+            Ok((url, saved))
+        })
+        .collect()
 }
 
-/// Reads the cached certs response for `url`, if the file has one.
-pub fn read(path: &Path, url: &str) -> Result<Option<Vec<u8>>, PersistError> {
-    let bytes = fs::read(path)?;
-    Ok(decode(&bytes)?.remove(url))
-}
-
-/// Writes `bytes` to `path` atomically: readers see the old file or the new one, never a
-/// part of either.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = std::path::PathBuf::from(tmp);
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+/// One value of the file: `{"fetched_at": N, "certs": ...}`, or (old format) the certs json.
+fn decode_entry(value: serde_json::Value) -> Result<Saved, &'static str> {
+    match value {
+        serde_json::Value::Object(mut obj) if obj.contains_key("certs") => {
+            let fetched_at = match obj.get("fetched_at") {
+                None | Some(serde_json::Value::Null) => 0,
+                Some(v) => v
+                    .as_u64()
+                    .ok_or("\"fetched_at\" is not a non-negative integer")?,
+            };
+            let certs = obj.remove("certs").unwrap_or_default();
+            Ok(Saved {
+                fetched_at,
+                body: certs.to_string().into_bytes(),
+            })
+        }
+        old => Ok(Saved {
+            fetched_at: 0,
+            body: old.to_string().into_bytes(),
+        }),
     }
-    result
+}
+
+/// Opens `path` safely and decodes it. `Ok(None)` when the file does not exist (ENOENT on the
+/// file; a missing parent directory is also `Ok(None)`).
+pub fn load(path: &Path) -> Result<Option<BTreeMap<String, Saved>>, PersistError> {
+    let (dir_path, name) = split(path)?;
+    let Some(dir) = open_dir(&dir_path)? else {
+        return Ok(None);
+    };
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let file = match open_at(&dir, &c_string(name, path)?, flags | libc::O_NOCTTY, 0) {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(PersistError::Symlink(path.to_path_buf()))
+        }
+        Err(e) => return Err(io_error("open", path, e)),
+    };
+    check_file(path, &file)?;
+    let bytes = read_capped(path, file)?;
+    decode_map(&bytes)
+        .map(Some)
+        .map_err(|e| PersistError::Format(format!("{path:?} is not a key cache file: {e}")))
+}
+
+/// Writes the whole file safely and atomically: readers see the old file or the new one.
+pub fn store(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
+    if u64::try_from(bytes.len()).map_or(true, |n| n > MAX_FILE) {
+        return Err(PersistError::TooLarge(path.to_path_buf()));
+    }
+    let (dir_path, name) = split(path)?;
+    let dir = open_dir(&dir_path)?.ok_or_else(|| {
+        io_error(
+            "open directory",
+            &dir_path,
+            io::Error::from_raw_os_error(libc::ENOENT),
+        )
+    })?;
+    let c_name = c_string(name, path)?;
+    let tmp = temp_name(name)?;
+    let tmp_path = dir_path.join(&tmp);
+    let c_tmp = c_string(&tmp, &tmp_path)?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let file = open_at(&dir, &c_tmp, flags, 0o600).map_err(|e| io_error("create", &tmp_path, e))?;
+    let replaced = write_synced(file, bytes)
+        .map_err(|e| io_error("write", &tmp_path, e))
+        .and_then(|()| rename_at(&dir, &c_tmp, &c_name).map_err(|e| io_error("replace", path, e)));
+    if let Err(e) = replaced {
+        unlink_at(&dir, &c_tmp);
+        return Err(e);
+    }
+    dir.sync_all()
+        .map_err(|e| io_error("sync directory", &dir_path, e))
+}
+
+/// Splits `path` into its directory (`.` for a bare name) and file name.
+fn split(path: &Path) -> Result<(PathBuf, &OsStr), PersistError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| PersistError::NoFileName(path.to_path_buf()))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((dir, name))
+}
+
+/// Opens and checks the key cache directory. `Ok(None)` when it does not exist.
+fn open_dir(dir_path: &Path) -> Result<Option<File>, PersistError> {
+    let c_dir = c_string(dir_path.as_os_str(), dir_path)?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `c_dir` is a NUL-terminated string that outlives the call; open(2) keeps no
+    // reference to it.
+    let fd = unsafe { libc::open(c_dir.as_ptr(), flags) };
+    let dir = match owned(fd) {
+        Ok(fd) => File::from(fd),
+        Err(e) => {
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) => Ok(None),
+                Some(libc::ELOOP) => Err(PersistError::DirSymlink(dir_path.to_path_buf())),
+                Some(libc::ENOTDIR) if is_symlink(dir_path) => {
+                    Err(PersistError::DirSymlink(dir_path.to_path_buf()))
+                }
+                Some(libc::ENOTDIR) => Err(PersistError::NotDir(dir_path.to_path_buf())),
+                _ => Err(io_error("open directory", dir_path, e)),
+            };
+        }
+    };
+    check_dir(dir_path, &dir)?;
+    Ok(Some(dir))
+}
+
+/// Whether the last component of `path` is a symbolic link (for the error message only).
+fn is_symlink(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// Refuses a directory that anyone but root or the effective user could write to.
+fn check_dir(dir_path: &Path, dir: &File) -> Result<(), PersistError> {
+    let meta = dir
+        .metadata()
+        .map_err(|e| io_error("stat directory", dir_path, e))?;
+    let path = || dir_path.to_path_buf();
+    if !meta.is_dir() {
+        return Err(PersistError::NotDir(path()));
+    }
+    let euid = effective_uid();
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(PersistError::DirOwner {
+            path: path(),
+            uid: meta.uid(),
+            euid,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(PersistError::DirWritable { path: path(), mode });
+    }
+    if mode & 0o020 != 0 && meta.gid() != 0 && meta.gid() != effective_gid() {
+        return Err(PersistError::DirGroupWritable {
+            path: path(),
+            gid: meta.gid(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses anything but a regular file of ours, writable only by us, of at most
+/// [`MAX_FILE`] bytes.
+fn check_file(path: &Path, file: &File) -> Result<(), PersistError> {
+    let meta = file.metadata().map_err(|e| io_error("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(PersistError::NotRegular(path.to_path_buf()));
+    }
+    let euid = effective_uid();
+    if meta.uid() != euid {
+        return Err(PersistError::Owner {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            euid,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(PersistError::Writable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    if meta.size() > MAX_FILE {
+        return Err(PersistError::TooLarge(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Reads the whole file, refusing it if it has grown past [`MAX_FILE`] since the check.
+fn read_capped(path: &Path, file: File) -> Result<Vec<u8>, PersistError> {
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error("read", path, e))?;
+    if u64::try_from(bytes.len()).map_or(true, |n| n > MAX_FILE) {
+        return Err(PersistError::TooLarge(path.to_path_buf()));
+    }
+    Ok(bytes)
+}
+
+/// Sets mode 0600 whatever the umask was, writes `bytes`, syncs and closes the file.
+fn write_synced(mut file: File, bytes: &[u8]) -> io::Result<()> {
+    file.set_permissions(Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// `.<name>.<16 random hex digits>.tmp`: a temporary name in the same directory that nobody
+/// can predict.
+fn temp_name(name: &OsStr) -> Result<OsString, PersistError> {
+    let mut random = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut random).map_err(|_| PersistError::Random)?;
+    let mut tmp = OsString::from(".");
+    tmp.push(name);
+    tmp.push(".");
+    for b in random {
+        tmp.push(format!("{b:02x}"));
+    }
+    tmp.push(".tmp");
+    Ok(tmp)
+}
+
+/// `s` as a C string; `path` names it in the error if it contains a NUL byte.
+fn c_string(s: &OsStr, path: &Path) -> Result<CString, PersistError> {
+    CString::new(s.as_bytes())
+        .map_err(|e| io_error("use", path, io::Error::new(io::ErrorKind::InvalidInput, e)))
+}
+
+/// openat(2) relative to `dir`.
+fn open_at(dir: &File, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
+    // SAFETY: `dir` is an open descriptor for the duration of the call, `name` is a
+    // NUL-terminated string that outlives it, and openat(2) keeps no reference to either.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags,
+            libc::c_uint::from(mode),
+        )
+    };
+    owned(fd).map(File::from)
+}
+
+/// renameat(2) within `dir`.
+fn rename_at(dir: &File, from: &CStr, to: &CStr) -> io::Result<()> {
+    let fd = dir.as_raw_fd();
+    // SAFETY: `fd` is open for the duration of the call (borrowed from `dir`); both names are
+    // NUL-terminated strings that outlive it, and renameat(2) keeps no reference to them.
+    let rc = unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Best-effort unlinkat(2) of a temporary file in `dir`.
+fn unlink_at(dir: &File, name: &CStr) {
+    // SAFETY: `dir` is an open descriptor for the duration of the call, `name` is a
+    // NUL-terminated string that outlives it, and unlinkat(2) keeps no reference to either.
+    let _ = unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+}
+
+/// Takes ownership of a descriptor returned by open(2)/openat(2), or the errno if it failed.
+fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by a successful open and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn effective_gid() -> u32 {
+    // SAFETY: getegid(2) has no preconditions and cannot fail.
+    unsafe { libc::getegid() }
+}
+
+fn io_error(what: &'static str, path: &Path, source: io::Error) -> PersistError {
+    PersistError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{symlink, DirBuilderExt as _};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    const BODY: &[u8] = br#"{"keys":[{"kid":"a"}],"public_cert":{"kid":"a","cert":"x"}}"#;
+
+    /// A fresh directory (mode 0755) removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path =
+                std::env::temp_dir().join(format!("cf-access-persist-{}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            fs::DirBuilder::new().mode(0o755).create(&path).unwrap();
+            fs::set_permissions(&path, Permissions::from_mode(0o755)).unwrap();
+            TempDir(path)
+        }
+
+        fn join(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+
+        fn entries(&self) -> Vec<OsString> {
+            fs::read_dir(&self.0)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect()
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::set_permissions(&self.0, Permissions::from_mode(0o755));
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn sets() -> BTreeMap<String, Saved> {
+        BTreeMap::from([
+            (
+                "https://t.cloudflareaccess.com/cdn-cgi/access/certs".to_owned(),
+                Saved {
+                    fetched_at: 1_700_000_000,
+                    body: BODY.to_vec(),
+                },
+            ),
+            (
+                "https://u/certs".to_owned(),
+                Saved {
+                    fetched_at: 0,
+                    body: br#"{"keys":[]}"#.to_vec(),
+                },
+            ),
+        ])
+    }
+
+    fn encoded() -> Vec<u8> {
+        encode(sets().iter().map(|(url, saved)| (url.as_str(), saved)))
+    }
+
+    /// A valid cache file at `path`, mode 0644.
+    fn write_cache(path: &Path) {
+        fs::write(path, encoded()).unwrap();
+        fs::set_permissions(path, Permissions::from_mode(0o644)).unwrap();
+    }
+
+    fn json(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
 
     #[test]
-    fn round_trip_and_corruption() {
-        let dir = std::env::temp_dir().join(format!("cf-access-persist-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+    fn round_trip() {
+        let dir = TempDir::new();
         let path = dir.join("keys.json");
-        let body = br#"{"keys":[{"kid":"a"}],"public_cert":{"kid":"a","cert":"x"}}"#;
-        write_atomic(&path, &encode([("https://t/certs", &body[..])])).unwrap();
-        let back = read(&path, "https://t/certs").unwrap().unwrap();
-        assert_eq!(
-            serde_json::from_slice::<serde_json::Value>(&back).unwrap(),
-            serde_json::from_slice::<serde_json::Value>(body).unwrap()
+        store(&path, &encoded()).unwrap();
+        let back = load(&path).unwrap().unwrap();
+        assert_eq!(back.len(), 2);
+        for (url, saved) in sets() {
+            let got = &back[&url];
+            assert_eq!(got.fetched_at, saved.fetched_at);
+            assert_eq!(json(&got.body), json(&saved.body));
+        }
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        assert_eq!(dir.entries(), vec![OsString::from("keys.json")]);
+
+        // Overwriting keeps a single file too.
+        store(&path, &encoded()).unwrap();
+        assert_eq!(dir.entries(), vec![OsString::from("keys.json")]);
+    }
+
+    #[test]
+    fn encode_skips_invalid_bodies() {
+        let bad = Saved {
+            fetched_at: 1,
+            body: b"{ truncated".to_vec(),
+        };
+        let good = Saved {
+            fetched_at: 2,
+            body: BODY.to_vec(),
+        };
+        let bytes = encode([("https://bad", &bad), ("https://good", &good)]);
+        let map = decode(&bytes).unwrap();
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["https://good"]);
+        assert_eq!(map["https://good"].fetched_at, 2);
+    }
+
+    #[test]
+    fn old_format_and_garbage() {
+        let old = format!(
+            r#"{{"https://t/certs": {}}}"#,
+            std::str::from_utf8(BODY).unwrap()
         );
-        assert!(read(&path, "https://other/certs").unwrap().is_none());
-        fs::write(&path, b"{ truncated").unwrap();
-        assert!(matches!(
-            read(&path, "https://t/certs"),
-            Err(PersistError::Format(_))
-        ));
-        assert!(matches!(
-            read(&dir.join("missing"), "u"),
-            Err(PersistError::Io(_))
-        ));
-        let leftovers = fs::read_dir(&dir).unwrap().count();
-        assert_eq!(leftovers, 1, "no temporary files left behind");
-        fs::remove_dir_all(&dir).unwrap();
+        let map = decode(old.as_bytes()).unwrap();
+        let saved = &map["https://t/certs"];
+        assert_eq!(saved.fetched_at, 0);
+        assert_eq!(json(&saved.body), json(BODY));
+
+        for garbage in [
+            &b"{ truncated"[..],
+            b"[1, 2]",
+            b"",
+            br#"{"u": {"certs": {}, "fetched_at": -1}}"#,
+        ] {
+            let err = decode(garbage).unwrap_err();
+            assert!(matches!(err, PersistError::Format(_)), "{err:?}");
+            assert!(err.to_string().starts_with("not a key cache file"), "{err}");
+        }
+
+        let dir = TempDir::new();
+        let path = dir.join("keys.json");
+        store(&path, b"{ truncated").unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, PersistError::Format(_)), "{err:?}");
+        assert!(err.to_string().contains("is not a key cache file"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_or_directory() {
+        let dir = TempDir::new();
+        assert!(load(&dir.join("keys.json")).unwrap().is_none());
+        assert!(load(&dir.join("nope/keys.json")).unwrap().is_none());
+        // store never creates directories.
+        assert!(store(&dir.join("nope/keys.json"), b"{}").is_err());
+        assert!(dir.entries().is_empty());
+    }
+
+    #[test]
+    fn no_file_name() {
+        let err = load(Path::new("/")).unwrap_err();
+        assert!(matches!(err, PersistError::NoFileName(_)), "{err:?}");
+        assert!(store(Path::new("/"), b"{}").is_err());
+    }
+
+    #[test]
+    fn load_refuses_symlink() {
+        let dir = TempDir::new();
+        let elsewhere = TempDir::new();
+        let target = elsewhere.join("keys.json");
+        write_cache(&target);
+        assert!(load(&target).unwrap().is_some());
+        let path = dir.join("keys.json");
+        symlink(&target, &path).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, PersistError::Symlink(_)), "{err:?}");
+        assert_eq!(err.to_string(), format!("{path:?} is a symbolic link"));
+    }
+
+    #[test]
+    fn load_refuses_symlinked_directory() {
+        let real = TempDir::new();
+        write_cache(&real.join("keys.json"));
+        let holder = TempDir::new();
+        let link = holder.join("link");
+        symlink(&real.0, &link).unwrap();
+        let err = load(&link.join("keys.json")).unwrap_err();
+        assert!(matches!(err, PersistError::DirSymlink(_)), "{err:?}");
+        assert!(err.to_string().contains("is a symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn store_replaces_planted_symlink() {
+        let dir = TempDir::new();
+        let outside = TempDir::new();
+        let victim = outside.join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let path = dir.join("keys.json");
+        symlink(&victim, &path).unwrap();
+
+        store(&path, &encoded()).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(load(&path).unwrap().unwrap().len(), 2);
+        assert_eq!(dir.entries(), vec![OsString::from("keys.json")]);
+    }
+
+    #[test]
+    fn temp_names_are_random() {
+        let a = temp_name(OsStr::new("keys.json")).unwrap();
+        let b = temp_name(OsStr::new("keys.json")).unwrap();
+        assert_ne!(a, b);
+        for t in [a, b] {
+            let t = t.to_str().unwrap();
+            let hex = t
+                .strip_prefix(".keys.json.")
+                .and_then(|s| s.strip_suffix(".tmp"))
+                .unwrap();
+            assert_eq!(hex.len(), 16, "{t}");
+            assert!(hex.bytes().all(|c| c.is_ascii_hexdigit()), "{t}");
+        }
+    }
+
+    #[test]
+    fn fifo_does_not_hang() {
+        let dir = TempDir::new();
+        let path = dir.join("keys.json");
+        let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c_path` is a NUL-terminated string that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(load(&p).map(|_| ()));
+        });
+        let err = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("load on a FIFO must not block")
+            .unwrap_err();
+        assert!(matches!(err, PersistError::NotRegular(_)), "{err:?}");
+        assert_eq!(err.to_string(), format!("{path:?} is not a regular file"));
+    }
+
+    #[test]
+    fn directory_is_not_a_regular_file() {
+        let dir = TempDir::new();
+        let path = dir.join("keys.json");
+        fs::create_dir(&path).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, PersistError::NotRegular(_)), "{err:?}");
+        assert!(store(&path, b"{}").is_err());
+        assert_eq!(dir.entries(), vec![OsString::from("keys.json")]);
+    }
+
+    #[test]
+    fn refuses_foreign_owner() {
+        if effective_uid() != 0 {
+            return; // chown needs root
+        }
+        let dir = TempDir::new();
+        let path = dir.join("keys.json");
+        write_cache(&path);
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(
+            matches!(err, PersistError::Owner { uid: 65534, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("{path:?} is owned by uid 65534, not 0")
+        );
+    }
+
+    #[test]
+    fn refuses_foreign_directory_owner() {
+        if effective_uid() != 0 {
+            return; // chown needs root
+        }
+        let dir = TempDir::new();
+        let path = dir.join("keys.json");
+        write_cache(&path);
+        std::os::unix::fs::chown(&dir.0, Some(65534), Some(65534)).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(
+            matches!(err, PersistError::DirOwner { uid: 65534, .. }),
+            "{err:?}"
+        );
+        assert!(store(&path, b"{}").is_err());
+    }
+
+    #[test]
+    fn refuses_group_writable_file() {
+        let dir = TempDir::new();
+        let path = dir.join("keys.json");
+        write_cache(&path);
+        fs::set_permissions(&path, Permissions::from_mode(0o664)).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, PersistError::Writable { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("{path:?} is writable by group or others (mode 0664)")
+        );
+    }
+
+    #[test]
+    fn refuses_world_writable_directory() {
+        let dir = TempDir::new();
+        let path = dir.join("keys.json");
+        write_cache(&path);
+        fs::set_permissions(&dir.0, Permissions::from_mode(0o777)).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, PersistError::DirWritable { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("directory {:?} is writable by others (mode 0777)", dir.0)
+        );
+        let err = store(&path, &encoded()).unwrap_err();
+        assert!(matches!(err, PersistError::DirWritable { .. }), "{err:?}");
+        assert_eq!(dir.entries(), vec![OsString::from("keys.json")]);
+    }
+
+    #[test]
+    fn refuses_group_writable_directory_of_another_group() {
+        if effective_uid() != 0 {
+            return; // chown needs root
+        }
+        let dir = TempDir::new();
+        let path = dir.join("keys.json");
+        write_cache(&path);
+        fs::set_permissions(&dir.0, Permissions::from_mode(0o775)).unwrap();
+        assert!(load(&path).unwrap().is_some(), "group 0 may write");
+        std::os::unix::fs::chown(&dir.0, None, Some(65534)).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(
+            matches!(err, PersistError::DirGroupWritable { gid: 65534, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_too_large() {
+        let dir = TempDir::new();
+        let path = dir.join("keys.json");
+        write_cache(&path);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(MAX_FILE + 1)
+            .unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, PersistError::TooLarge(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("{path:?} is larger than 4194304 bytes")
+        );
+
+        let big = vec![b' '; usize::try_from(MAX_FILE).unwrap() + 1];
+        let err = store(&dir.join("other.json"), &big).unwrap_err();
+        assert!(matches!(err, PersistError::TooLarge(_)), "{err:?}");
+        assert_eq!(dir.entries(), vec![OsString::from("keys.json")]);
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use cf_access_core::extract::{cookie_value, find_token, COOKIE, HEADER};
-use cf_access_core::schedule::{next_delay, RETRY_MAX, RETRY_MIN};
+use cf_access_core::refresh::{next_delay, RETRY_MAX, RETRY_MIN};
 use cf_access_core::token::{self, MAX_TOKEN_LEN};
 use cf_access_core::{verify, Claims, KeySet, Policy, Status, VerifyError};
 use cf_access_dev::KeyPair;

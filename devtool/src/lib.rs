@@ -6,7 +6,13 @@
 //! * [`mint`], [`sign_raw`], [`sign_hs256`], [`user_claims`],
 //!   [`service_claims`]: application tokens, well-formed or deliberately not.
 //! * [`CertsServer`]: a loopback HTTP/1.1 server that serves the certs JSON
-//!   (or misbehaves on request: errors, hangs, slow or raw answers).
+//!   (or misbehaves on request: errors, hangs, slow or raw answers,
+//!   redirects, never-ending answers).
+//! * [`ConnectProxy`]: a loopback `CONNECT`-only forward proxy that only
+//!   tunnels to loopback targets.
+//! * [`TlsCertsServer`]: the same server (every [`Behavior`]) over HTTPS on
+//!   loopback (in-process `rustls`), with a throwaway CA made by the
+//!   `openssl` command-line tool.
 //!
 //! Everything here is a test tool: functions panic on misuse rather than
 //! returning errors, except where input comes from files.
@@ -17,10 +23,14 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+mod proxy;
 mod server;
+mod tls;
 mod x509;
 
+pub use proxy::ConnectProxy;
 pub use server::{Behavior, CertsServer};
+pub use tls::TlsCertsServer;
 
 /// An RSA-2048 key pair used to sign tokens, as Cloudflare Access does.
 pub struct KeyPair {

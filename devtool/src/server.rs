@@ -34,9 +34,62 @@ pub enum Behavior {
     Slow { body: String, delay_ms: u64 },
     /// These bytes verbatim, then close (truncated/huge/garbage answers).
     Raw(Vec<u8>),
+    /// After `delay_ms` (cut short if the server is dropped), answers
+    /// `status` (e.g. 301, 302, 307, 308) with `Location: <location>`,
+    /// `Content-Length: 0`, `Connection: close`. `location` is written
+    /// verbatim (it may be relative, or even malformed on purpose).
+    /// See [`Behavior::redirect`] and [`CertsServer::redirect_chain`].
+    Redirect {
+        location: String,
+        delay_ms: u64,
+        status: u16,
+    },
+    /// Writes `head` (a response head, maybe part of a body), then one
+    /// space every `every_ms` (at least 1 ms) until the client closes the
+    /// connection or the server is dropped: an answer that never ends but is
+    /// never idle either.
+    Trickle { head: Vec<u8>, every_ms: u64 },
+}
+
+impl Behavior {
+    /// `Redirect { location, delay_ms: 0, status: 302 }`.
+    pub fn redirect(location: impl Into<String>) -> Behavior {
+        Behavior::Redirect {
+            location: location.into(),
+            delay_ms: 0,
+            status: 302,
+        }
+    }
 }
 
 type Handler = Arc<dyn Fn() -> Behavior + Send + Sync>;
+
+/// A connection being served: a TCP stream, or a protocol on top of one
+/// (TLS, see [`TlsCertsServer`](crate::TlsCertsServer)).
+pub(crate) trait Conn: Read + Write {
+    /// The underlying socket (for timeouts and options).
+    fn tcp(&self) -> &TcpStream;
+    /// Ends what the server sends (TLS: `close_notify` first) but keeps
+    /// reading possible.
+    fn close_write(&mut self) -> io::Result<()>;
+}
+
+impl Conn for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+
+    fn close_write(&mut self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+/// Turns an accepted socket into the connection to serve (e.g. does a TLS
+/// handshake), in the connection's thread, giving up at `deadline` or when
+/// `stopping()` says so: `None` closes the socket. The socket already has a
+/// short read timeout ([`TICK`]) and a write timeout.
+pub(crate) type Wrap =
+    Arc<dyn Fn(TcpStream, Instant, &dyn Fn() -> bool) -> Option<Box<dyn Conn>> + Send + Sync>;
 
 enum Source {
     Fixed(Behavior),
@@ -51,7 +104,7 @@ struct Shared {
     conns: Mutex<HashMap<u64, TcpStream>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -84,6 +137,7 @@ impl CertsServer {
         Self::start_on(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             Source::Fixed(initial),
+            None,
         )
         .expect("bind 127.0.0.1:0")
     }
@@ -100,10 +154,20 @@ impl CertsServer {
         listen: SocketAddr,
         handler: impl Fn() -> Behavior + Send + Sync + 'static,
     ) -> io::Result<CertsServer> {
-        Self::start_on(listen, Source::Dynamic(Arc::new(handler)))
+        Self::start_on(listen, Source::Dynamic(Arc::new(handler)), None)
     }
 
-    fn start_on(listen: SocketAddr, source: Source) -> io::Result<CertsServer> {
+    /// Starts on `127.0.0.1:0` with `initial`, serving each accepted
+    /// connection through `wrap` (the TLS server).
+    pub(crate) fn start_wrapped(initial: Behavior, wrap: Wrap) -> io::Result<CertsServer> {
+        Self::start_on(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            Source::Fixed(initial),
+            Some(wrap),
+        )
+    }
+
+    fn start_on(listen: SocketAddr, source: Source, wrap: Option<Wrap>) -> io::Result<CertsServer> {
         let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -115,7 +179,7 @@ impl CertsServer {
         let s = shared.clone();
         let accept = thread::Builder::new()
             .name("cf-access-dev-accept".into())
-            .spawn(move || accept_loop(listener, s))?;
+            .spawn(move || accept_loop(listener, s, wrap))?;
         Ok(CertsServer {
             addr,
             shared,
@@ -146,6 +210,34 @@ impl CertsServer {
     pub fn hits(&self) -> usize {
         self.shared.hits.load(Ordering::SeqCst)
     }
+
+    /// Starts on `127.0.0.1:0` answering every request with
+    /// `Redirect { location, delay_ms: 0, status }`.
+    pub fn redirect_to(location: impl Into<String>, status: u16) -> CertsServer {
+        CertsServer::start(Behavior::Redirect {
+            location: location.into(),
+            delay_ms: 0,
+            status,
+        })
+    }
+
+    /// A chain of `hops` redirecting servers ending at `target`:
+    /// `chain[0]` redirects to `chain[1].url()`, ..., and the last one to
+    /// `target` (any URL, e.g. another server's `url()`). Start the client
+    /// at `chain[0].url()`; `hops == 0` gives an empty chain. Keep the
+    /// vector alive while it is used. For a loop, [`set`](Self::set) the
+    /// target server to redirect back to `chain[0].url()`.
+    pub fn redirect_chain(hops: usize, target: &str, status: u16) -> Vec<CertsServer> {
+        let mut chain: Vec<CertsServer> = Vec::with_capacity(hops);
+        let mut next = target.to_string();
+        for _ in 0..hops {
+            let srv = CertsServer::redirect_to(next, status);
+            next = srv.url();
+            chain.push(srv);
+        }
+        chain.reverse();
+        chain
+    }
 }
 
 impl Drop for CertsServer {
@@ -172,7 +264,7 @@ impl Drop for CertsServer {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, wrap: Option<Wrap>) {
     let next_id = AtomicU64::new(0);
     let mut workers: Vec<JoinHandle<()>> = Vec::new();
     for incoming in listener.incoming() {
@@ -207,11 +299,12 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         }
         let s = shared.clone();
+        let wrap = wrap.clone();
         let spawned = thread::Builder::new()
             .name("cf-access-dev-conn".into())
             .spawn(move || {
                 let _guard = Deregister(&s, id);
-                let _ = handle(stream, &s);
+                let _ = serve(stream, &s, wrap.as_ref());
             });
         match spawned {
             Ok(h) => workers.push(h),
@@ -233,7 +326,7 @@ impl Drop for Deregister<'_> {
     }
 }
 
-fn is_timeout(e: &io::Error) -> bool {
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
@@ -241,9 +334,13 @@ fn is_timeout(e: &io::Error) -> bool {
 }
 
 /// Reads up to and including `\r\n\r\n`. `Ok(None)` if the client went away,
-/// took too long, or the server is stopping; `Err` on an oversized head.
-fn read_head(stream: &mut TcpStream, shared: &Shared) -> io::Result<Option<Vec<u8>>> {
-    let deadline = Instant::now() + HEAD_TIMEOUT;
+/// took until `deadline`, or the server is stopping; `Err` on an oversized
+/// head.
+fn read_head(
+    stream: &mut dyn Conn,
+    shared: &Shared,
+    deadline: Instant,
+) -> io::Result<Option<Vec<u8>>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -268,17 +365,21 @@ fn read_head(stream: &mut TcpStream, shared: &Shared) -> io::Result<Option<Vec<u
     }
 }
 
-fn reason(code: u16) -> &'static str {
+pub(crate) fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
         204 => "No Content",
         301 => "Moved Permanently",
         302 => "Found",
+        303 => "See Other",
         304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -322,17 +423,29 @@ fn sleep_unless_stopped(d: Duration, shared: &Shared) -> bool {
     }
 }
 
-fn handle(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
+/// Serves one accepted connection, through `wrap` if given. The request
+/// head (and the `wrap` step before it) must arrive within [`HEAD_TIMEOUT`].
+fn serve(stream: TcpStream, shared: &Shared, wrap: Option<&Wrap>) -> io::Result<()> {
+    let deadline = Instant::now() + HEAD_TIMEOUT;
     stream.set_read_timeout(Some(TICK))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     let _ = stream.set_nodelay(true);
+    match wrap {
+        None => handle(&mut { stream }, shared, deadline),
+        Some(wrap) => match wrap(stream, deadline, &|| shared.stopping()) {
+            Some(mut conn) => handle(&mut *conn, shared, deadline),
+            None => Ok(()),
+        },
+    }
+}
 
-    let head = match read_head(&mut stream, shared) {
+fn handle(stream: &mut dyn Conn, shared: &Shared, deadline: Instant) -> io::Result<()> {
+    let head = match read_head(stream, shared, deadline) {
         Ok(Some(h)) => h,
         Ok(None) => return Ok(()),
         Err(_) => {
             let _ = stream.write_all(&response(431, "text/plain", "request head too large\n"));
-            return finish(stream);
+            return close(stream);
         }
     };
     drop(head);
@@ -349,18 +462,38 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
         }
         Behavior::Raw(bytes) => bytes,
         Behavior::Hang => {
-            hold(&mut stream, shared);
+            hold(stream, shared);
+            return Ok(());
+        }
+        Behavior::Redirect {
+            location,
+            delay_ms,
+            status,
+        } => {
+            if !sleep_unless_stopped(Duration::from_millis(delay_ms), shared) {
+                return Ok(());
+            }
+            format!(
+                "HTTP/1.1 {status} {}\r\nLocation: {location}\r\nContent-Length: 0\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+                reason(status)
+            )
+            .into_bytes()
+        }
+        Behavior::Trickle { head, every_ms } => {
+            stream.write_all(&head)?;
+            stream.flush()?;
+            trickle(stream, shared, Duration::from_millis(every_ms.max(1)));
             return Ok(());
         }
     };
     stream.write_all(&out)?;
     stream.flush()?;
-    finish(stream)
+    close(stream)
 }
 
 /// Keeps the connection open without answering until the client closes it
 /// or the server stops.
-fn hold(stream: &mut TcpStream, shared: &Shared) {
+fn hold(stream: &mut dyn Conn, shared: &Shared) {
     let mut buf = [0u8; 4096];
     while !shared.stopping() {
         match stream.read(&mut buf) {
@@ -372,11 +505,52 @@ fn hold(stream: &mut TcpStream, shared: &Shared) {
     }
 }
 
+/// Writes a space every `every` until the client closes the connection
+/// (or resets it) or the server stops. Reads in between, to notice a close
+/// even before a write fails.
+fn trickle(stream: &mut dyn Conn, shared: &Shared, every: Duration) {
+    let mut buf = [0u8; 4096];
+    let mut due = Instant::now() + every;
+    while !shared.stopping() {
+        let now = Instant::now();
+        if now >= due {
+            if stream
+                .write_all(b" ")
+                .and_then(|()| stream.flush())
+                .is_err()
+            {
+                return;
+            }
+            due += every;
+            if due < now {
+                // Fell behind (a slow write): don't burst to catch up.
+                due = now + every;
+            }
+            continue;
+        }
+        // A zero read timeout is an error: wait at least 1 ms.
+        let wait = (due - now).min(TICK).max(Duration::from_millis(1));
+        if stream.tcp().set_read_timeout(Some(wait)).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Half-closes, then briefly drains what the client still sends so the
 /// close doesn't turn into a RST that could destroy the response in flight.
-fn finish(stream: TcpStream) -> io::Result<()> {
-    stream.shutdown(Shutdown::Write)?;
-    let mut stream = stream;
+pub(crate) fn finish(mut stream: impl Conn) -> io::Result<()> {
+    close(&mut stream)
+}
+
+/// [`finish`] for a borrowed connection.
+fn close(stream: &mut dyn Conn) -> io::Result<()> {
+    stream.close_write()?;
     let end = Instant::now() + Duration::from_millis(500);
     let mut buf = [0u8; 4096];
     while Instant::now() < end {
@@ -527,6 +701,199 @@ mod tests {
         let t = Instant::now();
         drop(srv);
         assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    /// Sends a GET, reads to EOF, returns (head, body).
+    fn get_raw(addr: SocketAddr, path: &str) -> (String, String) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("complete head");
+        (head.to_string(), body.to_string())
+    }
+
+    /// `http://HOST:PORT/PATH` -> (addr, `/PATH`).
+    fn split_url(url: &str) -> (SocketAddr, String) {
+        let rest = url.strip_prefix("http://").unwrap();
+        let (authority, path) = rest.split_once('/').unwrap();
+        (authority.parse().unwrap(), format!("/{path}"))
+    }
+
+    fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.split("\r\n").skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    #[test]
+    fn redirect_answers_status_and_location() {
+        let srv = CertsServer::start(Behavior::Redirect {
+            location: "http://127.0.0.1:9/next?x=1".into(),
+            delay_ms: 0,
+            status: 307,
+        });
+        let (head, body) = get_raw(srv.addr(), "/cdn-cgi/access/certs");
+        assert!(
+            head.starts_with("HTTP/1.1 307 Temporary Redirect\r\n"),
+            "{head}"
+        );
+        assert_eq!(
+            header(&head, "Location"),
+            Some("http://127.0.0.1:9/next?x=1")
+        );
+        assert_eq!(header(&head, "Content-Length"), Some("0"));
+        assert_eq!(header(&head, "Connection"), Some("close"));
+        assert_eq!(body, "");
+
+        srv.set(Behavior::Redirect {
+            location: "/relative".into(),
+            delay_ms: 150,
+            status: 301,
+        });
+        let t = Instant::now();
+        let (head, _) = get_raw(srv.addr(), "/");
+        assert!(t.elapsed() >= Duration::from_millis(150));
+        assert!(
+            head.starts_with("HTTP/1.1 301 Moved Permanently\r\n"),
+            "{head}"
+        );
+        assert_eq!(header(&head, "Location"), Some("/relative"));
+
+        srv.set(Behavior::redirect("http://127.0.0.1:9/"));
+        let (head, _) = get_raw(srv.addr(), "/");
+        assert!(head.starts_with("HTTP/1.1 302 Found\r\n"), "{head}");
+        assert_eq!(srv.hits(), 3);
+        assert_eq!(
+            Behavior::redirect("x"),
+            Behavior::Redirect {
+                location: "x".into(),
+                delay_ms: 0,
+                status: 302
+            }
+        );
+    }
+
+    #[test]
+    fn redirect_chain_leads_to_target() {
+        let target = CertsServer::start(Behavior::Json(r#"{"keys":[]}"#.into()));
+        let chain = CertsServer::redirect_chain(3, &target.url(), 308);
+        assert_eq!(chain.len(), 3);
+        assert!(CertsServer::redirect_chain(0, &target.url(), 302).is_empty());
+        let mut url = chain[0].url();
+        for _ in 0..3 {
+            let (addr, path) = split_url(&url);
+            let (head, _) = get_raw(addr, &path);
+            assert!(head.starts_with("HTTP/1.1 308 "), "{head}");
+            url = header(&head, "Location").unwrap().to_string();
+        }
+        assert_eq!(url, target.url());
+        let (addr, path) = split_url(&url);
+        let (head, body) = get_raw(addr, &path);
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert_eq!(body, r#"{"keys":[]}"#);
+        for srv in &chain {
+            assert_eq!(srv.hits(), 1);
+        }
+        assert_eq!(target.hits(), 1);
+    }
+
+    #[test]
+    fn redirect_delay_does_not_block_drop() {
+        let srv = CertsServer::start(Behavior::Redirect {
+            location: "/".into(),
+            delay_ms: 60_000,
+            status: 302,
+        });
+        let mut s = TcpStream::connect(srv.addr()).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let t = Instant::now();
+        while srv.hits() < 1 && t.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let t = Instant::now();
+        drop(srv);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 64];
+        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    }
+
+    const TRICKLE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{";
+
+    /// Connects, sends a GET, reads the trickle head plus `spaces` spaces.
+    fn trickle_client(addr: SocketAddr, spaces: usize) -> TcpStream {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let want = TRICKLE_HEAD.len() + spaces;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while got.len() < want {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early after {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&got[..TRICKLE_HEAD.len()], TRICKLE_HEAD);
+        assert!(got[TRICKLE_HEAD.len()..].iter().all(|&b| b == b' '));
+        s
+    }
+
+    #[test]
+    fn trickle_is_stopped_promptly_by_drop() {
+        let srv = CertsServer::start(Behavior::Trickle {
+            head: TRICKLE_HEAD.to_vec(),
+            every_ms: 20,
+        });
+        let t = Instant::now();
+        let mut s = trickle_client(srv.addr(), 3);
+        // Three spaces 20 ms apart: at least ~40 ms.
+        assert!(
+            t.elapsed() >= Duration::from_millis(40),
+            "{:?}",
+            t.elapsed()
+        );
+
+        let t = Instant::now();
+        drop(srv);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Whatever spaces were in flight, then EOF (or a reset), not a timeout.
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => assert!(buf[..n].iter().all(|&b| b == b' ')),
+                Err(e) => {
+                    assert!(!is_timeout(&e), "connection still open after drop: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn trickle_ends_when_the_client_closes() {
+        let srv = CertsServer::start(Behavior::Trickle {
+            head: TRICKLE_HEAD.to_vec(),
+            every_ms: 5,
+        });
+        let s = trickle_client(srv.addr(), 2);
+        assert_eq!(lock(&srv.shared.conns).len(), 1);
+        drop(s);
+        let t = Instant::now();
+        while !lock(&srv.shared.conns).is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "trickle still running"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        // Still serving.
+        let _s = trickle_client(srv.addr(), 1);
     }
 
     #[test]

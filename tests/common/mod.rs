@@ -76,8 +76,20 @@ fn read_lossy(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Polls `cond` every 50 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Sends `signal` (e.g. "QUIT", "HUP", "KILL") to `pid` with the `kill` utility.
-fn send_signal(pid: u32, signal: &str) -> bool {
+pub fn send_signal(pid: u32, signal: &str) -> bool {
     let arg = format!("-{signal}");
     let run = |program: &str, args: &[&str]| {
         Command::new(program)
