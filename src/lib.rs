@@ -3,7 +3,7 @@
 //! This file holds the module statics and nginx glue only:
 //! - `conf.rs`: directives, set functions, merge;
 //! - `handler.rs`: the access-phase handler; `ctx.rs`: the per-request verdict;
-//! - `variables.rs`: `$cf_access_*`;
+//! - `variables.rs`: `$cf_access_*`; `metrics.rs`: `cf_access_metrics` and the counters;
 //! - `zone.rs`: the shared memory zone every process of the instance agrees through;
 //! - `keys/`: this process's key sets, one bounded fetch, one refresh round, the key cache
 //!   file; `refresher.rs`: the per-worker thread running refresh rounds;
@@ -17,10 +17,10 @@ use std::ptr;
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_push, ngx_command_t, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
-    ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t,
-    NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
-    NGX_LOG_EMERG,
+    ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_request_t,
+    ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS,
+    NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
@@ -33,6 +33,7 @@ mod handler;
 mod keys;
 mod lifecycle;
 mod log;
+mod metrics;
 mod refresher;
 mod signals;
 mod variables;
@@ -72,14 +73,22 @@ impl HttpModule for Module {
         let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(cf) else {
             return Status::NGX_ERROR.into();
         };
-        let phase = &mut cmcf.phases[ngx_http_phases_NGX_HTTP_ACCESS_PHASE as usize];
-        // SAFETY: the phase handler array is a valid ngx_array_t of handler pointers.
-        let h = unsafe { ngx_array_push(&mut phase.handlers) } as *mut ngx_http_handler_pt;
-        if h.is_null() {
-            return Status::NGX_ERROR.into();
+        for (phase, handler) in [
+            (
+                ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
+                handler::access_handler as HandlerFn,
+            ),
+            (ngx_http_phases_NGX_HTTP_LOG_PHASE, metrics::log_handler),
+        ] {
+            let phase = &mut cmcf.phases[phase as usize];
+            // SAFETY: the phase handler array is a valid ngx_array_t of handler pointers.
+            let h = unsafe { ngx_array_push(&mut phase.handlers) } as *mut ngx_http_handler_pt;
+            if h.is_null() {
+                return Status::NGX_ERROR.into();
+            }
+            // SAFETY: h points at the new element just pushed.
+            unsafe { *h = Some(handler) };
         }
-        // SAFETY: h points at the new element just pushed.
-        unsafe { *h = Some(handler::access_handler) };
         Status::NGX_OK.into()
     }
 }
@@ -93,6 +102,8 @@ unsafe impl HttpModuleMainConf for Module {
 unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocConf;
 }
+
+type HandlerFn = unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t;
 
 const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
@@ -115,7 +126,7 @@ const fn command(name: ngx_str_t, flags: u32, set: SetFn) -> ngx_command_t {
     }
 }
 
-static mut COMMANDS: [ngx_command_t; 11] = [
+static mut COMMANDS: [ngx_command_t; 12] = [
     command(
         ngx_string!("cf_access"),
         ANY_LEVEL | NGX_CONF_FLAG,
@@ -165,6 +176,11 @@ static mut COMMANDS: [ngx_command_t; 11] = [
         ngx_string!("cf_access_trusted_certificate"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         conf::set_trusted_certificate,
+    ),
+    command(
+        ngx_string!("cf_access_metrics"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+        metrics::set_metrics,
     ),
     ngx_command_t::empty(),
 ];

@@ -60,6 +60,7 @@ fn examples() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
             vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)],
         ),
         ("access-log.conf", vec![]),
+        ("metrics.conf", vec![("METRICS_PORT", "127.0.0.1:{PORT2}")]),
     ]
 }
 
@@ -386,6 +387,47 @@ fn access_log_shows_identity_and_verdict() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn metrics_example_counts_the_sites_requests() {
+    let key = KeyPair::generate();
+    let certs = CertsServer::start_with_keys(&[&key]);
+    // metrics.conf listens on {PORT2}: the echo server moves to the main port's neighbour.
+    let nginx = Nginx::builder()
+        .http(&format!("cf_access_certs_url {};", certs.url()))
+        .http(&example("metrics.conf"))
+        .http(&example("cf-access.conf").replace(
+            "proxy_pass http://127.0.0.1:{PORT2}",
+            "root {PREFIX}/html; #",
+        ))
+        .file("index.html", "ok\n")
+        .start();
+    assert_eq!(get(&nginx, "/", &[]).status, 403);
+    assert_eq!(
+        get(&nginx, "/", &[(HDR, &token(&key, AUD, "a@example.com"))]).status,
+        200
+    );
+    let metrics = |query: &str| {
+        common::http_request(
+            nginx.port2(),
+            "GET",
+            &format!("/cf-access/metrics{query}"),
+            &[],
+            None,
+        )
+        .expect("scrape")
+    };
+    let r = metrics("");
+    assert_eq!(r.status, 200);
+    for line in [
+        "cf_access_requests_total{status=\"ok\"} 1",
+        "cf_access_requests_total{status=\"no_token\"} 1",
+        "cf_access_ready 1",
+    ] {
+        assert!(r.body.lines().any(|l| l == line), "{line}:\n{}", r.body);
+    }
+    assert_eq!(metrics("?ready").status, 200);
 }
 
 /// The Docker image's side: `docker/19-cf-access-check.sh` refuses to start without the

@@ -21,6 +21,8 @@ pub type CacheKey = [u8; 32];
 /// Entries evicted least-recently-used first; expired entries are dropped when met.
 pub struct TokenCache {
     lru: Option<LruCache<CacheKey, Arc<Verified>>>,
+    /// Lookups since [`TokenCache::take_lookups`] was last called: (hits, misses).
+    lookups: (u64, u64),
 }
 
 impl TokenCache {
@@ -28,6 +30,7 @@ impl TokenCache {
     pub fn new(capacity: usize) -> TokenCache {
         TokenCache {
             lru: NonZeroUsize::new(capacity).map(LruCache::new),
+            lookups: (0, 0),
         }
     }
 
@@ -55,7 +58,17 @@ impl TokenCache {
     }
 
     pub fn get(&mut self, key: &CacheKey) -> Option<Arc<Verified>> {
-        self.lru.as_mut()?.get(key).cloned()
+        let found = self.lru.as_mut()?.get(key).cloned();
+        match found {
+            Some(_) => self.lookups.0 += 1,
+            None => self.lookups.1 += 1,
+        }
+        found
+    }
+
+    /// The (hits, misses) counted since the last call, for the instance-wide counters.
+    pub fn take_lookups(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.lookups)
     }
 
     pub fn insert(&mut self, key: CacheKey, verified: Arc<Verified>) {

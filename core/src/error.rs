@@ -4,8 +4,9 @@ use thiserror::Error;
 
 /// The verdict of one request, as exposed to operators (`$cf_access_status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Status {
-    Ok,
+    Ok = 0,
     NoToken,
     Malformed,
     BadAlg,
@@ -19,6 +20,26 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order of [`Status::index`].
+    pub const ALL: [Status; 11] = [
+        Status::Ok,
+        Status::NoToken,
+        Status::Malformed,
+        Status::BadAlg,
+        Status::UnknownKid,
+        Status::BadSignature,
+        Status::Expired,
+        Status::NotYetValid,
+        Status::BadIssuer,
+        Status::BadAudience,
+        Status::NoKeys,
+    ];
+
+    /// A dense index (`Status::ALL[s.index()] == s`), for per-status counters.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The short, stable name used in variables and logs.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -80,6 +101,18 @@ impl VerifyError {
             VerifyError::NotYetValid(_) => Status::NotYetValid,
             VerifyError::BadIssuer => Status::BadIssuer,
             VerifyError::BadAudience | VerifyError::NotAppToken => Status::BadAudience,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_matches_all() {
+        for (i, s) in Status::ALL.iter().enumerate() {
+            assert_eq!(s.index(), i, "{}", s.as_str());
         }
     }
 }

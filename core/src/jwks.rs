@@ -125,6 +125,22 @@ impl KeySet {
     }
 }
 
+/// The `kid`s of a canonical key set (see [`KeySet::canonical_json`]), without parsing the
+/// keys themselves; empty for anything else.
+pub fn kids(canonical: &[u8]) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Kid {
+        kid: String,
+    }
+    #[derive(Deserialize)]
+    struct Kids {
+        keys: Vec<Kid>,
+    }
+    serde_json::from_slice::<Kids>(canonical)
+        .map(|k| k.keys.into_iter().map(|k| k.kid).collect())
+        .unwrap_or_default()
+}
+
 fn rsa_key(entry: serde_json::Value) -> Option<(Key, serde_json::Value)> {
     let jwk: RsaJwk = serde_json::from_value(entry).ok()?;
     if jwk.kty != "RSA"
@@ -191,6 +207,8 @@ mod tests {
         assert_eq!(again.canonical_json(), set.canonical_json());
         assert_eq!(again.kids().collect::<Vec<_>>(), ["a", "b"]);
         assert!(!String::from_utf8_lossy(set.canonical_json()).contains("public_cert"));
+        assert_eq!(kids(set.canonical_json()), ["a", "b"]);
+        assert!(kids(b"garbage").is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`policy`]: the claims rules (`exp`/`nbf`/`iat` with leeway, `iss`, `aud`, `type`).
 //! - [`verify`]: the whole check, in the order that never trusts unverified data.
 //! - [`cache`]: the per-worker cache of verified tokens.
+//! - [`metrics`]: what `cf_access_metrics` answers (Prometheus text, JSON, readiness).
 //! - [`redirect`]: where a redirect of the certs endpoint leads, and whether to follow it.
 //! - [`refresh`]: the refresh state machine every process of an instance follows.
 //! - [`zone`]: the layout of the shared memory zone holding that state and the newest sets.
@@ -18,6 +19,7 @@ pub mod claim;
 pub mod error;
 pub mod extract;
 pub mod jwks;
+pub mod metrics;
 pub mod persist;
 pub mod policy;
 pub mod redirect;

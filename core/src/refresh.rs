@@ -72,6 +72,8 @@ pub struct Shared {
     /// Fetches that succeeded / failed (instance-wide, since the zone was created).
     pub fetches_ok: u64,
     pub fetches_err: u64,
+    /// When a fetch last succeeded (unix seconds); 0: never.
+    pub last_success: u64,
 }
 
 /// What one process keeps about one certs URL.
@@ -198,6 +200,7 @@ pub fn record_success(
 ) -> (bool, Event) {
     release(s, me);
     s.fetches_ok = s.fetches_ok.saturating_add(1);
+    s.last_success = unix;
     let recovered = s.failures > 0;
     s.failures = 0;
     s.warned = 0;

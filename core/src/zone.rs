@@ -28,14 +28,27 @@ pub const BODY_CAP: usize = 64 * 1024;
 pub const ERROR_CAP: usize = 240;
 
 /// "cfaccess" + layout version: a zone from another layout is set up anew.
-const MAGIC: u64 = 0x6366_6163_6365_0001;
+const MAGIC: u64 = 0x6366_6163_6365_0002;
+
+/// Room for per-status request counters (more than there are statuses).
+pub const STATUS_SLOTS: usize = 16;
 
 #[repr(C)]
 struct Layout {
     magic: AtomicU64,
     /// The last `seq` handed out; every stored set gets a new one.
     last_seq: AtomicU64,
+    counters: Counters,
     slots: [Slot; MAX_URLS],
+}
+
+/// Instance-wide request counters, incremented lock-free by every worker.
+#[repr(C)]
+pub struct Counters {
+    /// Requests by verdict, indexed by `Status::index`.
+    pub requests: [AtomicU64; STATUS_SLOTS],
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
 }
 
 #[repr(C)]
@@ -50,6 +63,8 @@ struct SlotData {
     state: Shared,
     url_len: u32,
     body_len: u32,
+    /// Keys in the stored set.
+    key_count: u32,
     error_len: u32,
     url: [u8; URL_CAP],
     error: [u8; ERROR_CAP],
@@ -140,11 +155,21 @@ impl Zone {
             data.state = Shared::default();
             data.url_len = 0;
             data.body_len = 0;
+            data.key_count = 0;
             data.error_len = 0;
         }
         layout.last_seq.store(0, Ordering::Relaxed);
+        let c = &layout.counters;
+        for n in c.requests.iter().chain([&c.cache_hits, &c.cache_misses]) {
+            n.store(0, Ordering::Relaxed);
+        }
         layout.magic.store(MAGIC, Ordering::Release);
         true
+    }
+
+    /// The instance-wide counters (lock-free).
+    pub fn counters(&self) -> &Counters {
+        &self.layout().counters
     }
 
     /// A new, never used `seq` for a set about to be stored.
@@ -278,15 +303,21 @@ impl SlotGuard<'_> {
         &self.data.body[..clamp(self.data.body_len, BODY_CAP)]
     }
 
-    /// Stores a key set as `seq` (from [`Zone::next_seq`]).
-    pub fn set_body(&mut self, body: &[u8], seq: u64) -> Result<(), ZoneError> {
+    /// Stores a key set of `keys` keys as `seq` (from [`Zone::next_seq`]).
+    pub fn set_body(&mut self, body: &[u8], keys: usize, seq: u64) -> Result<(), ZoneError> {
         if body.len() > BODY_CAP {
             return Err(ZoneError::BodyTooLarge(body.len()));
         }
         self.data.body[..body.len()].copy_from_slice(body);
         self.data.body_len = body.len() as u32;
+        self.data.key_count = u32::try_from(keys).unwrap_or(u32::MAX);
         self.data.state.seq = seq;
         Ok(())
+    }
+
+    /// Keys in the stored set.
+    pub fn key_count(&self) -> u32 {
+        self.data.key_count
     }
 
     /// The last fetch error ("" after a success).
@@ -311,6 +342,7 @@ impl SlotGuard<'_> {
         self.data.url_len = url.len() as u32;
         self.data.state = Shared::default();
         self.data.body_len = 0;
+        self.data.key_count = 0;
         self.data.error_len = 0;
     }
 }
@@ -352,7 +384,7 @@ mod tests {
         assert!(z.init());
         let i = z.assign(&["https://a/certs"]).unwrap()[0];
         let seq = z.next_seq();
-        z.lock(i).unwrap().set_body(b"{}", seq).unwrap();
+        z.lock(i).unwrap().set_body(b"{}", 0, seq).unwrap();
         assert!(!z.init(), "a reload keeps the zone");
         let g = z.lock(i).unwrap();
         assert_eq!(
@@ -402,7 +434,7 @@ mod tests {
         z.init();
         let mut g = z.lock(0).unwrap();
         assert_eq!(
-            g.set_body(&vec![b' '; BODY_CAP + 1], 1),
+            g.set_body(&vec![b' '; BODY_CAP + 1], 1, 1),
             Err(ZoneError::BodyTooLarge(BODY_CAP + 1))
         );
         g.set_error(&"é".repeat(ERROR_CAP));

@@ -51,7 +51,7 @@ pub fn offer(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
             continue;
         }
         let seq = zone.next_seq();
-        if g.set_body(set.canonical_json(), seq).is_err() {
+        if g.set_body(set.canonical_json(), set.len(), seq).is_err() {
             continue;
         }
         drop(g);

@@ -164,7 +164,7 @@ fn fetch_and_record(zone: &Zone, slot: usize, store: &KeyStore, started: u64, en
             );
             g.set_error("");
             let seq = if store_it { zone.next_seq() } else { 0 };
-            if store_it && g.set_body(body, seq).is_err() {
+            if store_it && g.set_body(body, set.len(), seq).is_err() {
                 return; // not reached: the size was checked above
             }
             drop(g);
