@@ -8,7 +8,10 @@
 //! Every test here points the harness at that nginx and module through `CF_ACCESS_NGINX` and
 //! `CF_ACCESS_MODULE`, which the harness reads at run time. Environment variables are
 //! process-wide, so all Debian tests live in this one test binary and nothing else does.
-//! `CF_ACCESS_DEBIAN_NGINX_DIR` overrides `target/debian-nginx`.
+//! `CF_ACCESS_DEBIAN_NGINX_DIR` overrides `target/debian-nginx`; `CF_ACCESS_DEBIAN_NGINX` and
+//! `CF_ACCESS_DEBIAN_MODULE` name the binary and the module directly: `scripts/check-deb` runs
+//! these tests against the installed `/usr/sbin/nginx` and the module that the
+//! `libnginx-mod-http-cf-access` package installed.
 //!
 //! Debian's nginx has compiled-in paths (`/run/nginx.pid`, `/var/lib/nginx/*` temp paths,
 //! `/var/log/nginx/access.log`); the harness's `-p`/`-c`/`-e` and the `pid`, `error_log`,
@@ -35,13 +38,26 @@ fn debian_dir() -> PathBuf {
     }
 }
 
-/// Points the harness at Debian's nginx and the module built for it; `None` (with a message)
-/// when `scripts/debian-nginx` has not been run.
+/// Debian's nginx binary and the module built for it: `CF_ACCESS_DEBIAN_NGINX` and
+/// `CF_ACCESS_DEBIAN_MODULE`, else the files `scripts/debian-nginx` prepares.
+fn debian_files() -> (PathBuf, PathBuf) {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = debian_dir();
+    (
+        var("CF_ACCESS_DEBIAN_NGINX").unwrap_or_else(|| dir.join("usr/sbin/nginx")),
+        var("CF_ACCESS_DEBIAN_MODULE").unwrap_or_else(|| dir.join("ngx_http_cf_access_module.so")),
+    )
+}
+
+/// Points the harness at Debian's nginx and the module built for it, and returns the nginx
+/// binary; `None` (with a message) when `scripts/debian-nginx` has not been run.
 fn debian() -> Option<PathBuf> {
     static SET_ENV: Once = Once::new();
-    let dir = debian_dir();
-    let nginx = dir.join("usr/sbin/nginx");
-    let module = dir.join("ngx_http_cf_access_module.so");
+    let (nginx, module) = debian_files();
     if !nginx.is_file() || !module.is_file() {
         // scripts/test prepares them: there, missing files are a failure, not a skip.
         assert!(
@@ -64,12 +80,12 @@ fn debian() -> Option<PathBuf> {
         std::env::set_var("CF_ACCESS_NGINX", &nginx);
         std::env::set_var("CF_ACCESS_MODULE", &module);
     });
-    Some(dir)
+    Some(nginx)
 }
 
 /// `nginx -v` of the Debian binary, e.g. "nginx/1.22.1".
-fn version(dir: &Path) -> String {
-    let out = Command::new(dir.join("usr/sbin/nginx"))
+fn version(nginx: &Path) -> String {
+    let out = Command::new(nginx)
         .arg("-v")
         .output()
         .expect("run nginx -v");
@@ -124,8 +140,8 @@ fn site(key: &KeyPair) -> (CertsServer, Nginx) {
 
 #[test]
 fn debian_nginx_verifies_tokens() {
-    let Some(dir) = debian() else { return };
-    let server = version(&dir);
+    let Some(nginx_bin) = debian() else { return };
+    let server = version(&nginx_bin);
     assert!(server.starts_with("nginx/"), "nginx -v: {server}");
 
     let key = KeyPair::generate();
@@ -198,7 +214,7 @@ fn debian_nginx_passes_variables_upstream() {
 /// nginx with a version mismatch: the error README's "Build for your nginx" explains.
 #[test]
 fn debian_nginx_refuses_a_module_built_for_another_version() {
-    let Some(dir) = debian() else { return };
+    let Some(nginx_bin) = debian() else { return };
     let vendored = std::env::current_exe().ok().and_then(|exe| {
         Some(
             exe.parent()?
@@ -210,7 +226,7 @@ fn debian_nginx_refuses_a_module_built_for_another_version() {
         eprintln!("skipped: no vendored build of the module next to the test binary");
         return;
     };
-    let debian_version = version(&dir);
+    let debian_version = version(&nginx_bin);
     let number = |v: &str| -> String {
         let mut parts = v.trim_start_matches("nginx/").split('.').map(|p| {
             p.parse::<u32>()
