@@ -16,22 +16,18 @@
 //! `demo.conf` (a whole nginx.conf with `@...@` placeholders, used by `scripts/demo`) is
 //! checked with `nginx -t`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cf_access_dev::{mint, now, service_claims, user_claims, CertsServer, KeyPair};
-use common::{Nginx, NginxBuilder, Response};
+use cf_access_testkit::site::{token_for, AUD, HDR, TEAM};
+use cf_access_testkit::{free_port, http_request, poll_until, Nginx, NginxBuilder, Response};
 use serde_json::json;
 
-const TEAM: &str = "team.cloudflareaccess.com";
-const AUD: &str = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2";
 const WIKI_AUD: &str = "1b7ad5d7a6e7b4e0d5a0c2b9f1e3d4c5b6a79800112233445566778899aabbcc";
 const GRAFANA_AUD: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0";
-const HDR: &str = "Cf-Access-Jwt-Assertion";
 /// The upstream every example proxies to in these tests: the echo server below.
 const ECHO: &str = "http://127.0.0.1:{PORT2}";
 
@@ -130,10 +126,6 @@ fn builder(certs: &CertsServer, files: &[&str]) -> NginxBuilder {
     b
 }
 
-fn token(key: &KeyPair, aud: &str, email: &str) -> String {
-    mint(key, &user_claims(TEAM, aud, email, now(), 600))
-}
-
 fn get(nginx: &Nginx, path: &str, headers: &[(&str, &str)]) -> Response {
     let r = nginx.get(path, headers);
     if r.status >= 500 {
@@ -175,8 +167,8 @@ fn demo_conf_passes_nginx_t() {
     let conf = text
         .replace("@MODULE@", &Nginx::module_path().display().to_string())
         .replace("@PREFIX@", &dir.display().to_string())
-        .replace("@PORT@", &common::free_port().to_string())
-        .replace("@CERTS_PORT@", &common::free_port().to_string())
+        .replace("@PORT@", &free_port().to_string())
+        .replace("@CERTS_PORT@", &free_port().to_string())
         .replace("@TEAM@", TEAM)
         .replace("@AUD@", AUD);
     let unfilled =
@@ -200,7 +192,7 @@ fn reverse_proxy_passes_the_verified_identity_and_drops_a_spoofed_one() {
     let key = KeyPair::generate();
     let certs = CertsServer::start_with_keys(&[&key]);
     let nginx = builder(&certs, &["cf-access.conf"]).start();
-    let alice = token(&key, AUD, "alice@example.com");
+    let alice = token_for(&key, AUD, "alice@example.com");
     let spoof = ("Cf-Access-Authenticated-User-Email", "mallory@example.com");
 
     let r = get(
@@ -250,8 +242,8 @@ fn multiple_apps_accept_only_their_own_tokens() {
     let key = KeyPair::generate();
     let certs = CertsServer::start_with_keys(&[&key]);
     let nginx = builder(&certs, &["multiple-apps.conf"]).start();
-    let wiki = token(&key, WIKI_AUD, "alice@example.com");
-    let grafana = token(&key, GRAFANA_AUD, "bob@example.com");
+    let wiki = token_for(&key, WIKI_AUD, "alice@example.com");
+    let grafana = token_for(&key, GRAFANA_AUD, "bob@example.com");
 
     let r = get(&nginx, "/wiki/Home", &[(HDR, &wiki)]);
     assert_eq!(r.status, 200, "{}", nginx.error_log());
@@ -297,7 +289,7 @@ fn allowlist_lets_internal_addresses_in_and_keeps_the_health_check_open() {
     let nginx = builder(&certs, &["allowlist.conf"])
         .http("set_real_ip_from 127.0.0.1; real_ip_header X-Real-IP;")
         .start();
-    let alice = token(&key, AUD, "alice@example.com");
+    let alice = token_for(&key, AUD, "alice@example.com");
 
     // The health check needs nothing.
     let r = get(&nginx, "/healthz", &[]);
@@ -370,23 +362,21 @@ fn access_log_shows_identity_and_verdict() {
             digits > 0 && &rest[digits..] == after
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let missing: Vec<&String> = wanted
+    let mut log = String::new();
+    let mut missing: Vec<&String> = Vec::new();
+    let complete = poll_until(Duration::from_secs(3), || {
+        log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        missing = wanted
             .iter()
             .filter(|p| !log.lines().any(|l| matches(l, p)))
             .collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "missing {missing:?} in {}:\n{log}",
-            log_path.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        missing.is_empty()
+    });
+    assert!(
+        complete,
+        "missing {missing:?} in {}:\n{log}",
+        log_path.display()
+    );
 }
 
 #[test]
@@ -405,11 +395,16 @@ fn metrics_example_counts_the_sites_requests() {
         .start();
     assert_eq!(get(&nginx, "/", &[]).status, 403);
     assert_eq!(
-        get(&nginx, "/", &[(HDR, &token(&key, AUD, "a@example.com"))]).status,
+        get(
+            &nginx,
+            "/",
+            &[(HDR, &token_for(&key, AUD, "a@example.com"))]
+        )
+        .status,
         200
     );
     let metrics = |query: &str| {
-        common::http_request(
+        http_request(
             nginx.port2(),
             "GET",
             &format!("/cf-access/metrics{query}"),

@@ -17,14 +17,12 @@
 //! `/var/log/nginx/access.log`); the harness's `-p`/`-c`/`-e` and the `pid`, `error_log`,
 //! `access_log` and `*_temp_path` directives it writes keep everything under its own prefix.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
 
 use cf_access_dev::{mint, now, user_claims, CertsServer, KeyPair};
-use common::Nginx;
+use cf_access_testkit::Nginx;
 use serde_json::json;
 
 const TEAM: &str = "team.cloudflareaccess.com";

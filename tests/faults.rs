@@ -12,22 +12,14 @@
 //! * nothing crashed: no `exited on signal`, no `[alert]`, no Rust panic, and a graceful quit
 //!   finishes promptly.
 
-mod common;
-
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use cf_access_dev::{certs_json, mint, now, user_claims, Behavior, CertsServer, KeyPair};
-use common::{free_port, process_alive, Nginx, Response};
-
-const TEAM: &str = "team.cloudflareaccess.com";
-const AUD: &str = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2";
-const HDR: &str = "Cf-Access-Jwt-Assertion";
+use cf_access_dev::{certs_json, Behavior, CertsServer, KeyPair};
+use cf_access_testkit::site::{token, AUD, HDR, TEAM};
+use cf_access_testkit::{free_port, wait_until, Nginx, Response};
 
 /// The tail of the refresher's warning when a fetch fails while a key set is loaded.
 const KEEPING: &str = "keeping the last good key set";
@@ -41,13 +33,6 @@ fn nginx_for(url: &str) -> Nginx {
     Nginx::builder()
         .protected_site((TEAM, AUD, url), "cf_access_refresh 1s;", "")
         .start()
-}
-
-fn token(key: &KeyPair) -> String {
-    mint(
-        key,
-        &user_claims(TEAM, AUD, "alice@example.com", now(), 600),
-    )
 }
 
 fn get_with(nginx: &Nginx, token: &str) -> Response {
@@ -85,24 +70,9 @@ fn assert_denied(nginx: &Nginx, token: &str, status: &str) {
     assert_eq!(after, before + 1, "one `access denied ({status})` line");
 }
 
-/// Polls `cond` every 50 ms until it holds; panics with `what` and the error log otherwise.
-fn wait_until(nginx: &Nginx, timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}\n--- error log ---\n{}",
-            nginx.error_log()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Waits until `token` is let in (the site healed), bounded.
 fn wait_ok(nginx: &Nginx, token: &str, timeout: Duration, what: &str) {
-    wait_until(nginx, timeout, what, || {
-        get_with(nginx, token).status == 200
-    });
+    nginx.wait_until(timeout, what, || get_with(nginx, token).status == 200);
     assert_ok(nginx, token, what);
 }
 
@@ -114,193 +84,6 @@ fn line_with(log: &str, needle: &str) -> Option<String> {
 /// Whether some error-log line contains every one of `needles`.
 fn has_line(log: &str, needles: &[&str]) -> bool {
     log.lines().any(|l| needles.iter().all(|n| l.contains(n)))
-}
-
-/// The log has no sign of a crashed process or an internal error.
-fn assert_clean(log: &str, stderr: &str) {
-    for bad in ["exited on signal", "[alert]", "[emerg]"] {
-        assert!(
-            !log.contains(bad),
-            "error log contains {bad:?}:\n{log}\n--- stderr ---\n{stderr}"
-        );
-    }
-    assert!(
-        !stderr.contains("panicked"),
-        "a Rust panic on nginx's stderr:\n{stderr}"
-    );
-}
-
-/// Graceful quit (SIGQUIT to the master), waits until the master and all workers are gone,
-/// then checks the whole error log (including the shutdown) with [`assert_clean`].
-/// Returns how long the quit took; asserts it is under 5 s.
-fn quit_and_check(nginx: Nginx) -> Duration {
-    let master = nginx.pid();
-    let workers = nginx.worker_pids();
-    let started = Instant::now();
-    let sent = Command::new("kill")
-        .args(["-QUIT", &master.to_string()])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(sent, "could not send SIGQUIT to {master}");
-    while process_alive(master) || workers.iter().any(|&w| process_alive(w)) {
-        if started.elapsed() > Duration::from_secs(10) {
-            break;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let took = started.elapsed();
-    assert_clean(&nginx.error_log(), &nginx.stderr());
-    assert!(
-        took < Duration::from_secs(5),
-        "graceful quit took {took:?}\n--- error log ---\n{}",
-        nginx.error_log()
-    );
-    drop(nginx);
-    took
-}
-
-// ---------------------------------------------------------------------------------------------
-// A second loopback server for faults CertsServer cannot play: a body that never finishes on a
-// connection left open, and a non-HTTP peer answering at once (for the TLS test).
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Clone)]
-enum Mode {
-    /// Read the request head, write these bytes, close.
-    Answer(Vec<u8>),
-    /// Read the request head, write these bytes, then hold the connection open (never close
-    /// it) until the client gives up or the server is dropped.
-    Stall(Vec<u8>),
-    /// On the first bytes received (whatever they are), write these bytes and close.
-    Garbage(Vec<u8>),
-    /// Read the request head, write these bytes, then one more byte (a space) every 100 ms,
-    /// forever: the body makes progress but never ends.
-    Trickle(Vec<u8>),
-}
-
-struct StallServer {
-    addr: SocketAddr,
-    mode: Arc<Mutex<Mode>>,
-    hits: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl StallServer {
-    fn start(mode: Mode) -> StallServer {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local_addr");
-        let mode = Arc::new(Mutex::new(mode));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (m, h, s) = (mode.clone(), hits.clone(), stop.clone());
-        let accept = thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let (m, h, s) = (m.clone(), h.clone(), s.clone());
-                        thread::spawn(move || serve(stream, &m, &h, &s));
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(10))
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        StallServer {
-            addr,
-            mode,
-            hits,
-            stop,
-            accept: Some(accept),
-        }
-    }
-
-    fn url(&self, scheme: &str) -> String {
-        format!("{scheme}://{}/cdn-cgi/access/certs", self.addr)
-    }
-
-    fn set(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for StallServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn serve(mut stream: TcpStream, mode: &Mutex<Mode>, hits: &AtomicUsize, stop: &AtomicBool) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
-    let mode = mode.lock().unwrap().clone();
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
-            return;
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                head.extend_from_slice(&buf[..n]);
-                if matches!(mode, Mode::Garbage(_)) || head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return,
-        }
-    }
-    hits.fetch_add(1, Ordering::SeqCst);
-    match mode {
-        Mode::Answer(bytes) | Mode::Garbage(bytes) => {
-            let _ = stream.write_all(&bytes);
-            let _ = stream.shutdown(Shutdown::Write);
-            // Drain briefly so the close does not become a reset.
-            let end = Instant::now() + Duration::from_millis(300);
-            while Instant::now() < end {
-                match stream.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                    Err(_) => break,
-                }
-            }
-        }
-        Mode::Trickle(bytes) => {
-            let _ = stream.write_all(&bytes);
-            while !stop.load(Ordering::SeqCst) {
-                if stream.write_all(b" ").is_err() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(100));
-            }
-        }
-        Mode::Stall(bytes) => {
-            let _ = stream.write_all(&bytes);
-            while !stop.load(Ordering::SeqCst) {
-                match stream.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(_) => {}
-                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                    Err(_) => return,
-                }
-            }
-        }
-    }
 }
 
 fn http_200_json(body: &str) -> Vec<u8> {
@@ -315,16 +98,8 @@ fn http_200_json(body: &str) -> Vec<u8> {
 // The common scenario
 // ---------------------------------------------------------------------------------------------
 
-/// A certs endpoint that can be switched between healthy and one fault.
-trait Endpoint {
-    fn url(&self) -> String;
-    fn hits(&self) -> usize;
-    fn healthy(&self, keys: &[&KeyPair]);
-    /// `startup`: the variant used while nginx starts (may differ from the later one).
-    fn fault(&self, startup: bool);
-}
-
-/// A [`CertsServer`] with a fault behavior for startup and one for later.
+/// A certs endpoint ([`CertsServer`]) that can be switched between healthy and a fault, with
+/// a fault behavior for startup and one for later.
 struct Switch {
     server: CertsServer,
     at_startup: Behavior,
@@ -343,46 +118,26 @@ impl Switch {
             later,
         }
     }
-}
 
-impl Endpoint for Switch {
     fn url(&self) -> String {
         self.server.url()
     }
+
     fn hits(&self) -> usize {
         self.server.hits()
     }
+
     fn healthy(&self, keys: &[&KeyPair]) {
         self.server.set_keys(keys);
     }
+
+    /// `startup`: the variant used while nginx starts (may differ from the later one).
     fn fault(&self, startup: bool) {
         self.server.set(if startup {
             self.at_startup.clone()
         } else {
             self.later.clone()
         });
-    }
-}
-
-/// A [`StallServer`] switched between a healthy answer and a stalled body.
-struct Stalling {
-    server: StallServer,
-    stall: Vec<u8>,
-}
-
-impl Endpoint for Stalling {
-    fn url(&self) -> String {
-        self.server.url("http")
-    }
-    fn hits(&self) -> usize {
-        self.server.hits()
-    }
-    fn healthy(&self, keys: &[&KeyPair]) {
-        self.server
-            .set(Mode::Answer(http_200_json(&certs_json(keys))));
-    }
-    fn fault(&self, _startup: bool) {
-        self.server.set(Mode::Stall(self.stall.clone()));
     }
 }
 
@@ -397,7 +152,7 @@ impl Endpoint for Stalling {
 ///    tokens still get 200, while a token of a key that was never published stays refused.
 /// 3. The endpoint heals with a rotated key set: the new key's tokens get in (bounded wait)
 ///    and the `loaded again` notice is logged.
-fn fault_story(ep: &dyn Endpoint, error: &str, from_startup: bool) {
+fn fault_story(ep: &Switch, error: &str, from_startup: bool) {
     let k1 = KeyPair::generate();
     let k2 = KeyPair::generate();
     let (t1, t2) = (token(&k1), token(&k2));
@@ -424,8 +179,7 @@ fn fault_story(ep: &dyn Endpoint, error: &str, from_startup: bool) {
         );
         assert_denied(&nginx, &t1, "no_keys");
         // The worker's refresher tries at once and fails too (a hanging fetch takes 5 s).
-        wait_until(
-            &nginx,
+        nginx.wait_until(
             Duration::from_secs(12),
             "the worker's first refresh to fail",
             || {
@@ -451,14 +205,12 @@ fn fault_story(ep: &dyn Endpoint, error: &str, from_startup: bool) {
     // The fault starts while a good key set is loaded.
     let h0 = ep.hits();
     ep.fault(false);
-    wait_until(
-        &nginx,
+    nginx.wait_until(
         Duration::from_secs(20),
         "two more fetches of the broken endpoint",
         || ep.hits() >= h0 + 2,
     );
-    wait_until(
-        &nginx,
+    nginx.wait_until(
         Duration::from_secs(3),
         "the refresh failure to be logged",
         || has_line(&nginx.error_log(), &[&refresh_failed, KEEPING]),
@@ -492,18 +244,15 @@ fn fault_story(ep: &dyn Endpoint, error: &str, from_startup: bool) {
         "recovery with the rotated key set",
     );
     assert_ok(&nginx, &t1, "the previous key is still published");
-    wait_until(
-        &nginx,
-        Duration::from_secs(2),
-        "the `loaded again` notice",
-        || nginx.error_log().matches(&loaded_again).count() > again,
-    );
+    nginx.wait_until(Duration::from_secs(2), "the `loaded again` notice", || {
+        nginx.error_log().matches(&loaded_again).count() > again
+    });
     let log = nginx.error_log();
     assert!(
         line_with(&log, &loaded_again).is_some_and(|l| l.contains("[notice]")),
         "{log}"
     );
-    quit_and_check(nginx);
+    nginx.quit();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -548,8 +297,7 @@ fn certs_endpoint_down_at_startup_then_up_then_down_again() {
 
     // It goes away again (connection refused): the key set is kept.
     drop(server);
-    wait_until(
-        &nginx,
+    nginx.wait_until(
         Duration::from_secs(5),
         "the refresh failure to be logged",
         || nginx.error_log().contains(KEEPING),
@@ -576,7 +324,7 @@ fn certs_endpoint_down_at_startup_then_up_then_down_again() {
         "recovery with the rotated set",
     );
     assert!(nginx.wait_for_log("loaded again", Duration::from_secs(2)));
-    quit_and_check(nginx);
+    nginx.quit();
 }
 
 #[test]
@@ -599,7 +347,7 @@ fn http_503_at_startup_is_reported_with_its_status() {
     assert_denied(&nginx, &token(&key), "no_keys");
     ep.healthy(&[&key]);
     wait_ok(&nginx, &token(&key), Duration::from_secs(10), "recovery");
-    quit_and_check(nginx);
+    nginx.quit();
 }
 
 #[test]
@@ -637,11 +385,10 @@ fn response_that_never_finishes() {
 #[test]
 fn body_that_never_finishes() {
     // Headers promise 4096 bytes, 10 are sent, and the connection stays open.
-    let ep = Stalling {
-        server: StallServer::start(Mode::Answer(Vec::new())),
-        stall: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n{\"keys\":[{"
+    let ep = Switch::new(Behavior::Stall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n{\"keys\":[{"
             .to_vec(),
-    };
+    ));
     fault_story(&ep, "no complete answer within 5 s", false);
 }
 
@@ -650,11 +397,12 @@ fn body_trickling_forever_is_cut_off_at_startup() {
     // A body that keeps making progress (a byte every 100 ms) and never ends: the fetch must
     // still give up (the body timeout is a budget, not an idle timeout), or the master would
     // never finish starting.
-    let server = StallServer::start(Mode::Trickle(
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{\"keys\":["
+    let server = CertsServer::start(Behavior::Trickle {
+        head: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{\"keys\":["
             .to_vec(),
-    ));
-    let url = server.url("http");
+        every_ms: 100,
+    });
+    let url = server.url();
     let started = Instant::now();
     let nginx = nginx_for(&url);
     let took = started.elapsed();
@@ -674,7 +422,7 @@ fn body_trickling_forever_is_cut_off_at_startup() {
         "nginx took {took:?} to start"
     );
     assert_denied(&nginx, &token(&KeyPair::generate()), "no_keys");
-    quit_and_check(nginx);
+    nginx.quit();
 }
 
 #[test]
@@ -706,10 +454,10 @@ fn response_larger_than_one_mib() {
 #[test]
 fn tls_handshake_failure_with_a_plain_http_peer() {
     // https:// to a port that answers in plain HTTP at once: the handshake fails.
-    let server = StallServer::start(Mode::Garbage(
+    let server = CertsServer::start(Behavior::Garbage(
         b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
     ));
-    let url = server.url("https");
+    let url = format!("https://{}/cdn-cgi/access/certs", server.addr());
     let key = KeyPair::generate();
     let started = Instant::now();
     let nginx = nginx_for(&url);
@@ -727,7 +475,7 @@ fn tls_handshake_failure_with_a_plain_http_peer() {
     assert_denied(&nginx, &token(&key), "no_keys");
     // The worker keeps retrying (and failing) every second; still closed, still up.
     let h = server.hits();
-    wait_until(&nginx, Duration::from_secs(5), "two more attempts", || {
+    nginx.wait_until(Duration::from_secs(5), "two more attempts", || {
         server.hits() >= h + 2
     });
     assert!(
@@ -739,7 +487,7 @@ fn tls_handshake_failure_with_a_plain_http_peer() {
         nginx.error_log()
     );
     assert_denied(&nginx, &token(&key), "no_keys");
-    quit_and_check(nginx);
+    nginx.quit();
 }
 
 /// A TLS server with a self-signed certificate (openssl s_server): the certificate must be
@@ -801,11 +549,9 @@ fn tls_self_signed_certificate_is_rejected() {
         child,
         dir: dir.clone(),
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "openssl s_server did not start");
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(5), "openssl s_server to accept", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     let url = format!("https://127.0.0.1:{port}/cdn-cgi/access/certs");
     let key = KeyPair::generate();
     let nginx = nginx_for(&url);
@@ -818,7 +564,7 @@ fn tls_self_signed_certificate_is_rejected() {
         "the failure must be the certificate, not the page served: {line}"
     );
     assert_denied(&nginx, &token(&key), "no_keys");
-    quit_and_check(nginx);
+    nginx.quit();
 }
 
 #[test]
@@ -831,7 +577,7 @@ fn requests_are_answered_promptly_while_a_fetch_hangs() {
 
     let h0 = certs.hits();
     certs.set(Behavior::Hang);
-    wait_until(&nginx, Duration::from_secs(5), "a fetch to hang", || {
+    nginx.wait_until(Duration::from_secs(5), "a fetch to hang", || {
         certs.hits() > h0
     });
     let hanging = certs.hits();
@@ -852,7 +598,7 @@ fn requests_are_answered_promptly_while_a_fetch_hangs() {
     );
     eprintln!("slowest of 50 requests during a hanging fetch: {slowest:?}");
     // A fetch in flight does not delay a graceful quit.
-    let took = quit_and_check(nginx);
+    let took = nginx.quit();
     assert!(
         took < Duration::from_millis(2500),
         "quit with a hanging fetch took {took:?}"

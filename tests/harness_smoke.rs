@@ -1,11 +1,10 @@
 //! Smoke tests of the nginx test harness itself (no module loaded).
 
-mod common;
-
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_port, parse_response, process_alive, Nginx};
+use cf_access_testkit::{free_port, parse_response, process_alive, send_signal, wait_until, Nginx};
 
 fn static_site() -> Nginx {
     Nginx::builder()
@@ -73,18 +72,14 @@ fn reload_replaces_workers() {
     let resp = nginx.get("/index.html", &[]);
     assert_eq!((resp.status, resp.body.as_str()), (200, "v1"));
     // Old workers finish gracefully; eventually only new ones remain.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let now = nginx.worker_pids();
-        if now.len() == 2 && now.iter().all(|p| !before.contains(p)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "workers not replaced: {before:?} -> {now:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    nginx.wait_until(
+        Duration::from_secs(5),
+        &format!("two new workers replacing {before:?}"),
+        || {
+            let now = nginx.worker_pids();
+            now.len() == 2 && now.iter().all(|p| !before.contains(p))
+        },
+    );
 }
 
 #[test]
@@ -120,11 +115,11 @@ fn processes_and_prefix_are_gone_after_drop() {
 
     // The master is our child and has been reaped; its workers were reaped by it.
     let gone = |pid: u32| !Path::new(&format!("/proc/{pid}")).exists() || !process_alive(pid);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !(gone(master) && workers.iter().all(|&p| gone(p))) {
-        assert!(Instant::now() < deadline, "nginx processes survived drop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(2),
+        "the nginx processes to be gone after drop",
+        || gone(master) && workers.iter().all(|&p| gone(p)),
+    );
     assert!(!Path::new(&format!("/proc/{master}")).exists());
     assert!(!prefix.exists(), "prefix {} not removed", prefix.display());
 }
@@ -149,4 +144,46 @@ fn parses_chunked_responses() {
     assert_eq!(resp.status, 302);
     assert_eq!(resp.body, "abc");
     assert_eq!(resp.header("LOCATION"), Some("/x"));
+}
+
+#[test]
+fn quit_is_graceful_and_checks_the_log() {
+    let nginx = static_site();
+    let master = nginx.pid();
+    let workers = nginx.worker_pids();
+    let took = nginx.quit();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(!process_alive(master), "master {master} outlived quit()");
+    for pid in workers {
+        assert!(!process_alive(pid), "worker {pid} outlived quit()");
+    }
+}
+
+#[test]
+fn log_since_reads_what_was_logged_after_an_offset() {
+    let nginx = static_site();
+    let start = nginx.log_len();
+    assert!(start > 0, "nginx logged its start");
+    assert_eq!(nginx.log_since(0), nginx.error_log());
+    assert_eq!(nginx.get("/missing", &[]).status, 404);
+    nginx.wait_until(Duration::from_secs(2), "the 404 to be logged", || {
+        nginx.log_since(start).contains("No such file or directory")
+    });
+    assert!(!nginx.log_since(start).contains("start worker process"));
+    assert_eq!(nginx.log_since(usize::MAX), "");
+    nginx.assert_clean(&[]);
+}
+
+#[test]
+fn assert_clean_refuses_a_killed_worker_unless_allowed() {
+    let nginx = static_site();
+    nginx.assert_clean(&[]);
+    let worker = nginx.worker_pids()[0];
+    assert!(send_signal(worker, libc::SIGKILL));
+    nginx.wait_until(Duration::from_secs(5), "the master to notice", || {
+        nginx.error_log().contains("exited on signal 9")
+    });
+    nginx.assert_clean(&["exited on signal 9"]);
+    let refused = std::panic::catch_unwind(AssertUnwindSafe(|| nginx.assert_clean(&[])));
+    assert!(refused.is_err(), "a killed worker passed assert_clean");
 }

@@ -7,20 +7,14 @@
 //! `access denied (<status>)` log line, and no identity in the variables. All cases run
 //! (failures are collected) so that one report shows every wrong answer.
 
-mod common;
-
-use std::fs;
 use std::thread;
 use std::time::Duration;
 
 use cf_access_dev::{b64, mint, now, sign_hs256, user_claims, KeyPair};
-use common::{http_request, Nginx, Response};
+use cf_access_testkit::site::{AUD, COOKIE, HDR, ISS, TEAM};
+use cf_access_testkit::{http_request, Nginx, Response};
 use serde_json::{json, Value};
 
-const TEAM: &str = "team.cloudflareaccess.com";
-const ISS: &str = "https://team.cloudflareaccess.com";
-const AUD: &str = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2";
-const HDR: &str = "Cf-Access-Jwt-Assertion";
 const CORPUS: &str = include_str!("hostile/corpus.json");
 const DEFAULT_HEADER: &str = r#"{"alg":"RS256","kid":"{KID}","typ":"JWT"}"#;
 /// `cf_access`'s token size limit (core/src/token.rs `MAX_TOKEN_LEN`).
@@ -90,18 +84,6 @@ impl Site {
         http_request(self.nginx.port(), "GET", path, headers, None)
     }
 
-    /// The raw error log from byte `from` on.
-    fn log_since(&self, from: usize) -> String {
-        let bytes = fs::read(self.nginx.prefix().join("logs/error.log")).unwrap_or_default();
-        String::from_utf8_lossy(bytes.get(from..).unwrap_or_default()).into_owned()
-    }
-
-    fn log_len(&self) -> usize {
-        fs::metadata(self.nginx.prefix().join("logs/error.log"))
-            .map(|m| m.len() as usize)
-            .unwrap_or(0)
-    }
-
     /// Sends `token`; returns a description of everything wrong with the answer, if anything.
     /// Right means: 403 (or 400 when `allow_400`: nginx refused the request itself), `expect`
     /// in X-Status, no identity variable, exactly one new `access denied` line, for `expect`,
@@ -114,7 +96,7 @@ impl Site {
         log_part: Option<&str>,
         allow_400: bool,
     ) -> Result<u16, String> {
-        let from = self.log_len();
+        let from = self.nginx.log_len();
         let r = self.send(path, headers)?;
         let mut wrong = Vec::new();
         if r.status == 400 && allow_400 {
@@ -137,7 +119,7 @@ impl Site {
                 wrong.push(format!("{name}: {v:?} on a refused request"));
             }
         }
-        let log = self.log_since(from);
+        let log = self.nginx.log_since(from);
         let denials: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("cf_access: access denied ("))
@@ -390,7 +372,7 @@ fn hostile_corpus_is_refused_with_the_right_reason() {
             .unwrap_or(false);
         let log_part = case.get("log").and_then(Value::as_str);
         // In the header, and again as the only token, in the CF_Authorization cookie.
-        let cookie = format!("x=1; CF_Authorization={token}; y=2");
+        let cookie = format!("x=1; {COOKIE}={token}; y=2");
         for (via, header) in [(HDR, token.as_str()), ("Cookie", cookie.as_str())] {
             match s.check_refused("/p/", &[(via, header)], expect, log_part, allow_400) {
                 Ok(400) => nginx_400.push(format!("{name} ({via})")),
@@ -421,7 +403,7 @@ fn hostile_corpus_is_refused_with_the_right_reason() {
         cases.len(),
         failures.join("\n")
     );
-    assert_clean(&s.nginx);
+    s.nginx.assert_clean(&[]);
 }
 
 /// Largest/smallest tokens around the limit: a valid token of exactly 16384 bytes is let in,
@@ -492,7 +474,7 @@ fn token_size_limit() {
         false,
     )
     .unwrap();
-    let cookie = format!("CF_Authorization={huge}");
+    let cookie = format!("{COOKIE}={huge}");
     s.check_refused(
         "/p/",
         &[("Cookie", &cookie)],
@@ -510,7 +492,7 @@ fn token_size_limit() {
             .status,
         200
     );
-    assert_clean(&s.nginx);
+    s.nginx.assert_clean(&[]);
 }
 
 /// `$cf_access_email` and friends are set only from a token that verified completely:
@@ -569,7 +551,7 @@ fn variables_never_reflect_unverified_data() {
         .unwrap();
     assert_eq!((r.status, r.header("X-Status")), (403, Some("no_token")));
     assert_eq!(r.header("X-Email"), None);
-    assert_clean(&s.nginx);
+    s.nginx.assert_clean(&[]);
 }
 
 #[test]
@@ -587,7 +569,7 @@ fn two_token_headers_are_refused() {
         )
         .unwrap();
     }
-    assert_clean(&s.nginx);
+    s.nginx.assert_clean(&[]);
 }
 
 /// A token that was let in is refused once it has expired (with `cf_access_leeway 0s`, so
@@ -611,7 +593,7 @@ fn replayed_token_is_refused_after_expiry() {
         .unwrap();
     s.check_refused("/strict/", &[(HDR, &token)], "expired", None, false)
         .unwrap();
-    assert_clean(&s.nginx);
+    s.nginx.assert_clean(&[]);
 }
 
 /// A correctly signed token whose unknown claim `x` (and an unknown header field) is nested
@@ -650,13 +632,5 @@ fn deeply_nested_unknown_claim_does_not_crash() {
         );
     }
     assert_eq!(s.nginx.worker_pids(), workers, "the worker was replaced");
-    assert_clean(&s.nginx);
-}
-
-fn assert_clean(nginx: &Nginx) {
-    let log = nginx.error_log();
-    for bad in ["exited on signal", "[alert]", "[emerg]", "[crit]"] {
-        assert!(!log.contains(bad), "error log contains {bad:?}:\n{log}");
-    }
-    assert!(!nginx.stderr().contains("panicked"), "{}", nginx.stderr());
+    s.nginx.assert_clean(&[]);
 }

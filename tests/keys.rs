@@ -4,8 +4,6 @@
 //! when nobody else could have written it, bounded fetches, and egress through a proxy and
 //! a private CA, in workers as well as in the master.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::PathBuf;
@@ -14,42 +12,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cf_access_dev::{
-    certs_json, mint, now, user_claims, Behavior, CertsServer, ConnectProxy, KeyPair,
-    TlsCertsServer,
+    certs_json, now, user_claims, Behavior, CertsServer, ConnectProxy, KeyPair, TlsCertsServer,
 };
-use common::{send_signal, wait_until, Nginx};
+use cf_access_testkit::site::{token, AUD, HDR, TEAM};
+use cf_access_testkit::{send_signal, Nginx};
 use serde_json::json;
-
-const TEAM: &str = "team.cloudflareaccess.com";
-const AUD: &str = "app-one";
-const HDR: &str = "Cf-Access-Jwt-Assertion";
-
-fn token(key: &KeyPair) -> String {
-    mint(
-        key,
-        &user_claims(TEAM, AUD, "alice@example.com", now(), 600),
-    )
-}
 
 fn status(nginx: &Nginx, key: &KeyPair) -> (u16, String) {
     let r = nginx.get("/p/", &[(HDR, &token(key))]);
     (r.status, r.header("X-Status").unwrap_or("").to_string())
-}
-
-/// No crash, no internal error: `allowed` lists [alert] lines the test caused on purpose.
-fn assert_clean(nginx: &Nginx, allowed: &[&str]) {
-    let log = nginx.error_log();
-    for line in log.lines() {
-        let bad = line.contains("[alert]") || line.contains("[emerg]");
-        if bad && !allowed.iter().any(|a| line.contains(a)) {
-            panic!("unexpected line: {line}\n--- error log ---\n{log}");
-        }
-    }
-    assert!(
-        !nginx.stderr().contains("panicked"),
-        "a Rust panic on stderr:\n{}",
-        nginx.stderr()
-    );
 }
 
 /// The certs endpoint rotated from `old` to `new` only; one `new` token made the instance
@@ -57,7 +28,7 @@ fn assert_clean(nginx: &Nginx, allowed: &[&str]) {
 fn rotate(nginx: &Nginx, certs: &CertsServer, old: &KeyPair, new: &KeyPair) {
     assert_eq!(status(nginx, old).0, 200, "{}", nginx.error_log());
     certs.set_keys(&[new]);
-    wait_until(
+    nginx.wait_until(
         Duration::from_secs(5),
         "the new key to be picked up",
         || status(nginx, new).0 == 200,
@@ -112,8 +83,8 @@ fn a_respawned_worker_does_not_bring_back_a_retired_key() {
 
     let workers = nginx.worker_pids();
     assert_eq!(workers.len(), 1);
-    assert!(send_signal(workers[0], "KILL"));
-    wait_until(Duration::from_secs(5), "a new worker", || {
+    assert!(send_signal(workers[0], libc::SIGKILL));
+    nginx.wait_until(Duration::from_secs(5), "a new worker", || {
         let now = nginx.worker_pids();
         now.len() == 1 && now[0] != workers[0]
     });
@@ -126,7 +97,7 @@ fn a_respawned_worker_does_not_bring_back_a_retired_key() {
         nginx.error_log()
     );
     assert_eq!(status(&nginx, &new).0, 200);
-    assert_clean(&nginx, &["exited on signal 9"]);
+    nginx.assert_clean(&["exited on signal 9"]);
 }
 
 fn reload_during_an_outage(cache: Option<&CacheDir>) {
@@ -165,7 +136,7 @@ fn reload_during_an_outage(cache: Option<&CacheDir>) {
             "the master rewrites the cache from the zone: {saved}"
         );
     }
-    assert_clean(&nginx, &[]);
+    nginx.assert_clean(&[]);
 }
 
 #[test]
@@ -200,7 +171,7 @@ fn one_fetch_per_interval_for_four_workers() {
         "{fetches} fetches in {intervals} intervals"
     );
     assert_eq!(status(&nginx, &key).0, 200);
-    assert_clean(&nginx, &[]);
+    nginx.assert_clean(&[]);
 }
 
 #[test]
@@ -246,7 +217,7 @@ fn made_up_kids_on_four_workers_force_one_fetch_per_window() {
         fetches as u64 <= windows,
         "{fetches} fetches in {windows} rate-limit windows"
     );
-    assert_clean(&nginx, &[]);
+    nginx.assert_clean(&[]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -292,7 +263,7 @@ fn assert_refused(cache: &CacheDir, attacker: &KeyPair, why: &str) {
         "expected a warning with {why:?}:\n{log}"
     );
     assert_eq!(status(&nginx, attacker), (403, "no_keys".into()), "{log}");
-    assert_clean(&nginx, &[]);
+    nginx.assert_clean(&[]);
 }
 
 #[test]
@@ -312,7 +283,7 @@ fn a_good_key_cache_serves_a_start_during_an_outage() {
         .start();
     assert_eq!(status(&nginx, &key).0, 200, "{}", nginx.error_log());
     assert!(nginx.error_log().contains("from the key cache"));
-    assert_clean(&nginx, &[]);
+    nginx.assert_clean(&[]);
 }
 
 #[test]
@@ -382,7 +353,7 @@ fn a_symlinked_key_cache_is_refused_and_never_followed() {
     assert!(fs::read_to_string(cache.file())
         .unwrap()
         .contains(key.kid()));
-    assert_clean(&nginx, &[]);
+    nginx.assert_clean(&[]);
 }
 
 #[test]
@@ -404,7 +375,7 @@ fn a_fifo_at_the_key_cache_path_does_not_hang_the_master() {
         "{log}"
     );
     assert_eq!(status(&nginx, &KeyPair::generate()).1, "no_keys");
-    assert_clean(&nginx, &[]);
+    nginx.assert_clean(&[]);
 }
 
 #[test]
@@ -483,7 +454,7 @@ fn a_proxy_and_a_private_ca_work_in_workers_too() {
     assert!(at_start >= 1, "the master went through the proxy");
     // A rotation only a worker's refresh can pick up.
     tls.set_keys(&[&k1, &k2]);
-    wait_until(
+    nginx.wait_until(
         Duration::from_secs(8),
         "the worker to refresh via the proxy",
         || status(&nginx, &k2).0 == 200,
@@ -495,7 +466,7 @@ fn a_proxy_and_a_private_ca_work_in_workers_too() {
         "{:?}",
         proxy.targets()
     );
-    assert_clean(&nginx, &[]);
+    nginx.assert_clean(&[]);
 }
 
 #[test]
@@ -511,7 +482,7 @@ fn without_the_private_ca_the_certificate_is_refused() {
         "{log}"
     );
     assert_eq!(status(&nginx, &key).1, "no_keys");
-    assert_clean(&nginx, &[]);
+    nginx.assert_clean(&[]);
 }
 
 #[test]
@@ -601,5 +572,5 @@ fn a_redirect_from_https_to_http_is_refused() {
         .start();
     assert!(good.hits() >= 1);
     assert_eq!(status(&nginx, &key).0, 200, "{}", nginx.error_log());
-    assert_clean(&nginx, &[]);
+    nginx.assert_clean(&[]);
 }

@@ -1,37 +1,17 @@
 //! Key lifecycle end to end: rotation without minutes of 403s, forced-refresh rate limit,
 //! the key cache file, the verified-token cache, and the claim variables.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use cf_access_dev::{mint, now, user_claims, Behavior, CertsServer, KeyPair};
-use common::Nginx;
+use cf_access_testkit::site::{token, AUD, HDR, OTHER_AUD, TEAM};
+use cf_access_testkit::Nginx;
 use serde_json::json;
-
-const TEAM: &str = "team.cloudflareaccess.com";
-const AUD: &str = "app-one";
-const HDR: &str = "Cf-Access-Jwt-Assertion";
 
 fn start(url: &str, extra_http: &str, extra_location: &str) -> Nginx {
     Nginx::builder()
         .protected_site((TEAM, AUD, url), extra_http, extra_location)
         .start()
-}
-
-fn token(key: &KeyPair) -> String {
-    mint(
-        key,
-        &user_claims(TEAM, AUD, "alice@example.com", now(), 600),
-    )
-}
-
-fn assert_no_crash(nginx: &Nginx) {
-    let log = nginx.error_log();
-    assert!(
-        !log.contains("exited on signal") && !log.contains("[alert]"),
-        "{log}"
-    );
 }
 
 #[test]
@@ -71,7 +51,7 @@ fn manual_rotation_costs_only_the_first_requests() {
         "{}",
         nginx.error_log()
     );
-    assert_no_crash(&nginx);
+    nginx.assert_clean(&[]);
 }
 
 #[test]
@@ -99,7 +79,7 @@ fn a_flood_of_unknown_kids_is_not_a_flood_of_fetches() {
         started.elapsed()
     );
     assert!(fetches >= 1, "an unknown kid triggers a refresh");
-    assert_no_crash(&nginx);
+    nginx.assert_clean(&[]);
 }
 
 #[test]
@@ -141,7 +121,7 @@ fn key_cache_file_survives_an_outage_at_restart() {
         "{}",
         nginx.error_log()
     );
-    assert_no_crash(&nginx);
+    nginx.assert_clean(&[]);
     drop(nginx);
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
@@ -164,7 +144,7 @@ fn cached_tokens_still_obey_location_policy_and_key_removal() {
         root {{PREFIX}}/html;
         add_header X-Status $cf_access_status always;
         location /a/ {{ cf_access on; cf_access_aud {AUD}; }}
-        location /b/ {{ cf_access on; cf_access_aud app-two; }}
+        location /b/ {{ cf_access on; cf_access_aud {OTHER_AUD}; }}
     }}
 "#,
             url = certs.url()
@@ -174,22 +154,27 @@ fn cached_tokens_still_obey_location_policy_and_key_removal() {
     assert_eq!(nginx.get("/a/", &[(HDR, &t)]).status, 200);
     assert_eq!(nginx.get("/a/", &[(HDR, &t)]).status, 200, "a cache hit");
     let r = nginx.get("/b/", &[(HDR, &t)]);
-    assert_eq!(r.status, 403, "cached for app-one, not valid for app-two");
+    assert_eq!(r.status, 403, "cached for AUD, not valid for OTHER_AUD");
     assert_eq!(r.header("X-Status"), Some("bad_audience"));
 
     // The key leaves the certs endpoint: its cached tokens stop working.
     certs.set_keys(&[&other]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = nginx.get("/a/", &[(HDR, &t)]);
-        if r.status == 403 {
-            assert_eq!(r.header("X-Status"), Some("unknown_kid"));
-            break;
-        }
-        assert!(Instant::now() < deadline, "removed key still accepted");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_no_crash(&nginx);
+    let mut refused = None;
+    nginx.wait_until(
+        Duration::from_secs(10),
+        "the removed key to be refused",
+        || {
+            let r = nginx.get("/a/", &[(HDR, &t)]);
+            let done = r.status == 403;
+            refused = Some(r);
+            done
+        },
+    );
+    assert_eq!(
+        refused.and_then(|r| r.header("X-Status").map(str::to_string)),
+        Some("unknown_kid".to_string())
+    );
+    nginx.assert_clean(&[]);
 }
 
 #[test]
@@ -237,7 +222,7 @@ fn claim_variables() {
     let r = nginx.get("/p/", &[(HDR, &mint(&KeyPair::generate(), &claims))]);
     assert_eq!(r.status, 403);
     assert!(r.header("X-Groups").is_none() && r.header("X-Dept").is_none());
-    assert_no_crash(&nginx);
+    nginx.assert_clean(&[]);
 }
 
 #[test]
@@ -285,5 +270,5 @@ fn nginx_t_and_nginx_s_do_not_fetch_keys() {
     }
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(certs.hits(), before, "nginx -t / -s fetched keys");
-    assert_no_crash(&nginx);
+    nginx.assert_clean(&[]);
 }

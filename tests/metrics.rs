@@ -1,8 +1,6 @@
 //! `cf_access_metrics`: instance-wide counters (the same answer from every worker, kept by a
 //! reload), key status per certs URL, readiness, and output a real Prometheus parser takes.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,12 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cf_access_dev::{mint, now, user_claims, Behavior, CertsServer, KeyPair};
-use common::{wait_until, Nginx, Response};
+use cf_access_testkit::site::{token_for, AUD, HDR, OTHER_AUD, TEAM};
+use cf_access_testkit::{Nginx, Response};
 use serde_json::Value;
 
-const TEAM: &str = "team.cloudflareaccess.com";
-const AUD: &str = "app-one";
-const HDR: &str = "Cf-Access-Jwt-Assertion";
 const WORKERS: u32 = 4;
 
 fn site(certs_url: &str, workers: u32) -> Nginx {
@@ -131,15 +127,12 @@ fn counts_are_instance_wide_and_survive_a_reload() {
     let key = KeyPair::generate();
     let certs = CertsServer::start_with_keys(&[&key]);
     let nginx = site(&certs.url(), WORKERS);
-    let good = mint(&key, &user_claims(TEAM, AUD, "a@example.com", now(), 600));
+    let good = token_for(&key, AUD, "a@example.com");
     let expired = mint(
         &key,
         &user_claims(TEAM, AUD, "a@example.com", now() - 900, 600),
     );
-    let other_app = mint(
-        &key,
-        &user_claims(TEAM, "app-two", "a@example.com", now(), 600),
-    );
+    let other_app = token_for(&key, OTHER_AUD, "a@example.com");
     let mut expected = vec![
         ("ok", 20),
         ("no_token", 7),
@@ -252,11 +245,7 @@ fn counts_are_instance_wide_and_survive_a_reload() {
     let _ = nginx.get("/p/", &[(HDR, &good)]);
     expected[0].1 = 21;
     check(&nginx, &expected, 50.0);
-    let log = nginx.error_log();
-    assert!(
-        !log.contains("[alert]") && !log.contains("[emerg]"),
-        "{log}"
-    );
+    nginx.assert_clean(&[]);
 }
 
 fn thread_sleep_ms(ms: u64) {
@@ -286,7 +275,7 @@ fn readiness_follows_the_certs_endpoint_and_json_lists_the_kids() {
     assert_eq!(j["certs"][0]["last_error"], "http status 503");
 
     certs.set_keys(&[&k1, &k2]);
-    wait_until(Duration::from_secs(10), "readiness", || {
+    nginx.wait_until(Duration::from_secs(10), "readiness", || {
         nginx.get("/metrics?ready", &[]).status == 200
     });
     let r = nginx.get("/metrics?format=json", &[]);

@@ -1,19 +1,14 @@
 //! End-to-end tests: the real nginx binary with the module, a loopback certs endpoint in
 //! Cloudflare's shape, and tokens minted here.
 
-mod common;
-
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cf_access_dev::{
     mint, now, service_claims, sign_hs256, sign_raw, user_claims, CertsServer, KeyPair,
 };
-use common::{Nginx, Response};
+use cf_access_testkit::site::{claims, AUD, COOKIE, HDR, TEAM};
+use cf_access_testkit::{poll_until, Nginx, Response};
 use serde_json::{json, Value};
-
-const TEAM: &str = "team.cloudflareaccess.com";
-const AUD: &str = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2";
-const HDR: &str = "Cf-Access-Jwt-Assertion";
 
 /// Keys, a certs server and an nginx with a protected static location, a proxied location
 /// that passes the identity upstream, subrequest locations and an open child location.
@@ -108,10 +103,6 @@ fn site() -> Site {
     }
 }
 
-fn claims() -> Value {
-    user_claims(TEAM, AUD, "alice@example.com", now(), 600)
-}
-
 fn with(mut v: Value, patch: impl FnOnce(&mut Value)) -> Value {
     patch(&mut v);
     v
@@ -161,13 +152,13 @@ fn verifies_tokens_end_to_end() {
     // Valid cookie only.
     let r = s.get(
         "/static/",
-        &[("Cookie", &format!("a=b; CF_Authorization={good}; c=d"))],
+        &[("Cookie", &format!("a=b; {COOKIE}={good}; c=d"))],
     );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("X-Email"), Some("alice@example.com"));
 
     // The header wins over the cookie (a bad header is not rescued by a good cookie).
-    let cookie = format!("CF_Authorization={good}");
+    let cookie = format!("{COOKIE}={good}");
     let r = s.get("/static/", &[(HDR, "x.y.z"), ("Cookie", &cookie)]);
     assert_eq!(r.status, 403);
     let bob = mint(
@@ -354,15 +345,12 @@ fn variables_reach_upstreams_and_subrequests() {
     let r = s.with_token("/mirrored/", &good);
     assert_eq!(r.status, 200);
     let log = s.nginx.prefix().join("logs/upstream.log");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("alice@example.com|mirror") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "mirror subrequest log:\n{text}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut text = String::new();
+    let mirrored = poll_until(Duration::from_secs(3), || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("alice@example.com|mirror")
+    });
+    assert!(mirrored, "mirror subrequest log:\n{text}");
 }
 
 #[test]
@@ -376,15 +364,11 @@ fn periodic_refresh_picks_up_a_rotated_key_set() {
     let token = mint(&new, &claims());
     assert_eq!(nginx.get("/p/", &[(HDR, &token)]).status, 403);
     certs.set_keys(&[&old, &new]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while nginx.get("/p/", &[(HDR, &token)]).status != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "rotated key not picked up:\n{}",
-            nginx.error_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    nginx.wait_until(
+        Duration::from_secs(10),
+        "the rotated key to be picked up",
+        || nginx.get("/p/", &[(HDR, &token)]).status == 200,
+    );
 }
 
 #[test]
@@ -401,15 +385,9 @@ fn no_keys_fails_closed_and_recovers() {
     assert!(nginx.error_log().contains("http status 500"));
     // The refresher retries after a failure (5 s first backoff) and the endpoint heals.
     certs.set_keys(&[&key]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while nginx.get("/p/", &[(HDR, &token)]).status != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "never recovered:\n{}",
-            nginx.error_log()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    nginx.wait_until(Duration::from_secs(15), "recovery", || {
+        nginx.get("/p/", &[(HDR, &token)]).status == 200
+    });
 }
 
 /// `nginx -t` on a config with the given http-level text; returns (ok, output).

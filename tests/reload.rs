@@ -2,21 +2,16 @@
 //! go away promptly, nothing leaks from one generation of workers to the next (threads, open
 //! files, also in the master), and a graceful quit afterwards is prompt.
 
-mod common;
-
 use std::fs;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use cf_access_dev::{mint, now, user_claims, CertsServer, KeyPair};
-use common::{http_request, process_alive, Nginx};
+use cf_access_testkit::site::{AUD, HDR, TEAM};
+use cf_access_testkit::{http_request, poll_until, process_alive, Nginx};
 
-const TEAM: &str = "team.cloudflareaccess.com";
-const AUD: &str = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2";
-const HDR: &str = "Cf-Access-Jwt-Assertion";
 const RELOADS: usize = 20;
 const WORKERS: u32 = 2;
 const CLIENTS: usize = 3;
@@ -45,22 +40,23 @@ fn usage_min(pid: u32) -> Option<(usize, usize)> {
 /// Waits until the current workers (`WORKERS` of them, none of `old`) are the only ones and
 /// have been running for 1.5 s (their refresher thread has done a fetch); returns their pids.
 fn settled_workers(nginx: &Nginx, old: &[u32]) -> Vec<u32> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let all: Vec<u32> = nginx.worker_pids();
-        if all.len() == WORKERS as usize && all.iter().all(|p| !old.contains(p)) {
-            thread::sleep(Duration::from_millis(1500));
-            if nginx.worker_pids() == all {
-                return all;
+    let mut settled = Vec::new();
+    nginx.wait_until(
+        Duration::from_secs(5),
+        &format!("{WORKERS} workers, none of {old:?}, to settle"),
+        || {
+            let all: Vec<u32> = nginx.worker_pids();
+            if all.len() == WORKERS as usize && all.iter().all(|p| !old.contains(p)) {
+                thread::sleep(Duration::from_millis(1500));
+                if nginx.worker_pids() == all {
+                    settled = all;
+                    return true;
+                }
             }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "workers did not settle: {all:?} (old {old:?})\n{}",
-            nginx.error_log()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+            false
+        },
+    );
+    settled
 }
 
 /// Each worker's pid and [`usage_min`] (measure with no load running).
@@ -147,10 +143,9 @@ fn reloads_under_load_lose_nothing_and_leak_nothing() {
             }
         }
         // Let some requests reach the new workers before the next reload.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while ok.load(Ordering::SeqCst) < before + 10 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
+        poll_until(Duration::from_secs(2), || {
+            ok.load(Ordering::SeqCst) >= before + 10
+        });
         thread::sleep(Duration::from_millis(100));
         assert!(
             failures.lock().unwrap().is_empty(),
@@ -162,17 +157,11 @@ fn reloads_under_load_lose_nothing_and_leak_nothing() {
     // Every worker from before the last reload exits promptly (within ~5 s of it), while
     // the load goes on.
     let old = before_last;
-    while old.iter().any(|&p| process_alive(p)) {
-        assert!(
-            last_reload.elapsed() < Duration::from_secs(5),
-            "old workers still alive 5 s after the last reload: {:?}\n{}",
-            old.iter()
-                .filter(|&&p| process_alive(p))
-                .collect::<Vec<_>>(),
-            nginx.error_log()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    nginx.wait_until(
+        Duration::from_secs(5).saturating_sub(last_reload.elapsed()),
+        &format!("the old workers {old:?} to exit within 5 s of the last reload"),
+        || !old.iter().any(|&p| process_alive(p)),
+    );
     let old_gone = last_reload.elapsed();
     let last_pids = settled_workers(&nginx, &old);
     stop.store(true, Ordering::SeqCst);
@@ -225,34 +214,13 @@ fn reloads_under_load_lose_nothing_and_leak_nothing() {
     );
     assert_eq!(nginx.get("/p/", &[(HDR, &token)]).status, 200);
 
-    // Graceful quit (SIGQUIT) is prompt.
-    let workers = nginx.worker_pids();
-    let started = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-QUIT", &master.to_string()])
-        .status()
-        .is_ok_and(|s| s.success()));
-    while process_alive(master) || workers.iter().any(|&w| process_alive(w)) {
-        if started.elapsed() > Duration::from_secs(10) {
-            break;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let quit_took = started.elapsed();
-    eprintln!("SIGQUIT took {quit_took:?}");
-    let log = nginx.error_log();
-    for bad in ["exited on signal", "[alert]", "[emerg]", "[crit]"] {
-        assert!(!log.contains(bad), "error log contains {bad:?}:\n{log}");
-    }
-    assert!(!nginx.stderr().contains("panicked"), "{}", nginx.stderr());
-    assert!(
-        quit_took < Duration::from_secs(5),
-        "graceful quit took {quit_took:?}"
-    );
     assert_eq!(
-        log.matches("start worker process ").count(),
+        nginx.error_log().matches("start worker process ").count(),
         WORKERS as usize * (RELOADS + 1),
         "every reload started new workers"
     );
-    nginx.stop();
+
+    // Graceful quit (SIGQUIT) is prompt, and nothing crashed, before or during it.
+    let quit_took = nginx.quit();
+    eprintln!("SIGQUIT took {quit_took:?}");
 }

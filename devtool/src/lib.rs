@@ -7,7 +7,7 @@
 //!   [`service_claims`]: application tokens, well-formed or deliberately not.
 //! * [`CertsServer`]: a loopback HTTP/1.1 server that serves the certs JSON
 //!   (or misbehaves on request: errors, hangs, slow or raw answers,
-//!   redirects, never-ending answers).
+//!   redirects, never-ending or stalled answers, non-HTTP answers).
 //! * [`ConnectProxy`]: a loopback `CONNECT`-only forward proxy that only
 //!   tunnels to loopback targets.
 //! * [`TlsCertsServer`]: the same server (every [`Behavior`]) over HTTPS on

@@ -49,6 +49,16 @@ pub enum Behavior {
     /// connection or the server is dropped: an answer that never ends but is
     /// never idle either.
     Trickle { head: Vec<u8>, every_ms: u64 },
+    /// These bytes verbatim (e.g. a head promising more body than follows),
+    /// then nothing more: the connection is held open, as by
+    /// [`Behavior::Hang`], until the client closes it or the server is
+    /// dropped. An answer that stalls halfway.
+    Stall(Vec<u8>),
+    /// These bytes verbatim, then close, as soon as the client has sent
+    /// anything at all, without waiting for a request head: a peer that
+    /// does not speak the client's protocol (plain HTTP answering a TLS
+    /// ClientHello). Counts as a hit when it answers.
+    Garbage(Vec<u8>),
 }
 
 impl Behavior {
@@ -206,7 +216,8 @@ impl CertsServer {
         self.set(Behavior::Json(certs_json(keys)));
     }
 
-    /// Requests received so far (complete request heads, whatever the answer).
+    /// Requests received so far (complete request heads, whatever the answer;
+    /// for [`Behavior::Garbage`], connections that sent anything).
     pub fn hits(&self) -> usize {
         self.shared.hits.load(Ordering::SeqCst)
     }
@@ -333,34 +344,51 @@ pub(crate) fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// Reads up to and including `\r\n\r\n`. `Ok(None)` if the client went away,
-/// took until `deadline`, or the server is stopping; `Err` on an oversized
-/// head.
+/// Appends what the client sends next to `head`. `false` if the client
+/// went away, took until `deadline`, or the server is stopping.
+fn read_more(
+    stream: &mut dyn Conn,
+    shared: &Shared,
+    deadline: Instant,
+    head: &mut Vec<u8>,
+) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        if shared.stopping() || Instant::now() >= deadline {
+            return false;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                head.extend_from_slice(&buf[..n]);
+                return true;
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Reads on from `head` (what has arrived so far) up to and including
+/// `\r\n\r\n`. `Ok(None)` if the client went away, took until `deadline`,
+/// or the server is stopping; `Err` on an oversized head.
 fn read_head(
     stream: &mut dyn Conn,
     shared: &Shared,
     deadline: Instant,
+    mut head: Vec<u8>,
 ) -> io::Result<Option<Vec<u8>>> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
+    let mut from = 0;
     loop {
-        if shared.stopping() || Instant::now() >= deadline {
-            return Ok(None);
+        if head[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(Some(head));
         }
-        match stream.read(&mut buf) {
-            Ok(0) => return Ok(None),
-            Ok(n) => {
-                let from = head.len().saturating_sub(3);
-                head.extend_from_slice(&buf[..n]);
-                if head[from..].windows(4).any(|w| w == b"\r\n\r\n") {
-                    return Ok(Some(head));
-                }
-                if head.len() > MAX_HEAD {
-                    return Err(io::Error::other("request head too large"));
-                }
-            }
-            Err(e) if is_timeout(&e) => {}
-            Err(_) => return Ok(None),
+        if head.len() > MAX_HEAD {
+            return Err(io::Error::other("request head too large"));
+        }
+        from = head.len().saturating_sub(3);
+        if !read_more(stream, shared, deadline, &mut head) {
+            return Ok(None);
         }
     }
 }
@@ -439,19 +467,32 @@ fn serve(stream: TcpStream, shared: &Shared, wrap: Option<&Wrap>) -> io::Result<
     }
 }
 
+/// Serves one request. The behavior is chosen when the client's first bytes
+/// arrive: [`Behavior::Garbage`] answers them at once, every other behavior
+/// waits for the complete request head.
 fn handle(stream: &mut dyn Conn, shared: &Shared, deadline: Instant) -> io::Result<()> {
-    let head = match read_head(stream, shared, deadline) {
-        Ok(Some(h)) => h,
+    let mut first = Vec::new();
+    if !read_more(stream, shared, deadline, &mut first) {
+        return Ok(());
+    }
+    let behavior = shared.behavior();
+    if let Behavior::Garbage(bytes) = &behavior {
+        shared.hits.fetch_add(1, Ordering::SeqCst);
+        stream.write_all(bytes)?;
+        stream.flush()?;
+        return close(stream);
+    }
+    match read_head(stream, shared, deadline, first) {
+        Ok(Some(_head)) => {}
         Ok(None) => return Ok(()),
         Err(_) => {
             let _ = stream.write_all(&response(431, "text/plain", "request head too large\n"));
             return close(stream);
         }
-    };
-    drop(head);
+    }
     shared.hits.fetch_add(1, Ordering::SeqCst);
 
-    let out = match shared.behavior() {
+    let out = match behavior {
         Behavior::Json(body) => response(200, "application/json", &body),
         Behavior::Status(code, body) => response(code, content_type_for(&body), &body),
         Behavior::Slow { body, delay_ms } => {
@@ -460,7 +501,8 @@ fn handle(stream: &mut dyn Conn, shared: &Shared, deadline: Instant) -> io::Resu
             }
             response(200, "application/json", &body)
         }
-        Behavior::Raw(bytes) => bytes,
+        // Garbage was answered above, before the request head.
+        Behavior::Raw(bytes) | Behavior::Garbage(bytes) => bytes,
         Behavior::Hang => {
             hold(stream, shared);
             return Ok(());
@@ -483,6 +525,12 @@ fn handle(stream: &mut dyn Conn, shared: &Shared, deadline: Instant) -> io::Resu
             stream.write_all(&head)?;
             stream.flush()?;
             trickle(stream, shared, Duration::from_millis(every_ms.max(1)));
+            return Ok(());
+        }
+        Behavior::Stall(bytes) => {
+            stream.write_all(&bytes)?;
+            stream.flush()?;
+            hold(stream, shared);
             return Ok(());
         }
     };
@@ -894,6 +942,50 @@ mod tests {
         }
         // Still serving.
         let _s = trickle_client(srv.addr(), 1);
+    }
+
+    #[test]
+    fn stall_writes_its_bytes_then_holds_the_connection() {
+        let stalled = b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n{\"keys\":[{".to_vec();
+        let srv = CertsServer::start(Behavior::Stall(stalled.clone()));
+        let mut s = TcpStream::connect(srv.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut got = vec![0u8; stalled.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, stalled);
+        assert_eq!(srv.hits(), 1);
+        // Nothing more, and no close.
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let err = s.read(&mut buf).expect_err("the connection is held open");
+        assert!(is_timeout(&err), "{err}");
+
+        let t = Instant::now();
+        drop(srv);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    }
+
+    #[test]
+    fn garbage_answers_the_first_bytes_without_a_request_head() {
+        let answer =
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec();
+        let srv = CertsServer::start(Behavior::Garbage(answer.clone()));
+        let mut s = TcpStream::connect(srv.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // The start of a TLS ClientHello: never a complete HTTP head.
+        s.write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8]).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        assert_eq!(out, answer);
+        assert_eq!(srv.hits(), 1);
+        // A connection that sends nothing gets nothing and is not counted.
+        drop(TcpStream::connect(srv.addr()).unwrap());
+        assert_eq!(get(srv.addr(), "/").unwrap().0, 400);
+        assert_eq!(srv.hits(), 2);
     }
 
     #[test]
