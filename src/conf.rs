@@ -1,22 +1,122 @@
-//! Directives, their set functions, and merging.
+//! Directives: the command table, beside the set functions it names, and merging (in nginx's
+//! own order: commands, setters, create/merge).
 
 use std::ffi::{c_char, c_void};
 use std::path::PathBuf;
+use std::ptr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cf_access_core::policy::{normalize_team_domain, valid_team_domain, Policy};
+use cf_access_core::config;
+use cf_access_core::policy::Policy;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_int_t, ngx_parse_time, ngx_str_t, NGX_ERROR, NGX_LOG_EMERG,
+    ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
+    ngx_http_complex_value_t, ngx_int_t, ngx_parse_time, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE,
+    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
 };
-use ngx::ngx_conf_log_error;
+use ngx::{ngx_conf_log_error, ngx_string};
 
 use crate::keys::{self, Egress, KeyStore};
 
 pub const DEFAULT_LEEWAY: u64 = 60;
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
 pub const DEFAULT_CACHE_SIZE: usize = 10_000;
+
+// ---------------------------------------------------------------------------------------------
+// The command table
+// ---------------------------------------------------------------------------------------------
+
+const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+
+type SetFn = extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
+
+/// A directive of this module: location-level ones are set on `LocConf`, http-only ones on
+/// `MainConf`.
+const fn command(name: ngx_str_t, flags: u32, set: SetFn) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: flags as ngx_uint_t,
+        set: Some(set),
+        conf: if flags & NGX_HTTP_LOC_CONF != 0 {
+            NGX_HTTP_LOC_CONF_OFFSET
+        } else {
+            NGX_HTTP_MAIN_CONF_OFFSET
+        },
+        offset: 0,
+        post: ptr::null_mut(),
+    }
+}
+
+pub static mut COMMANDS: [ngx_command_t; 13] = [
+    command(
+        ngx_string!("cf_access"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_mode,
+    ),
+    command(
+        ngx_string!("cf_access_team_domain"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_team_domain,
+    ),
+    command(
+        ngx_string!("cf_access_aud"),
+        ANY_LEVEL | NGX_CONF_1MORE,
+        set_audiences,
+    ),
+    command(
+        ngx_string!("cf_access_certs_url"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_certs_url,
+    ),
+    command(
+        ngx_string!("cf_access_leeway"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_leeway,
+    ),
+    command(
+        ngx_string!("cf_access_require"),
+        ANY_LEVEL | NGX_CONF_1MORE,
+        set_require,
+    ),
+    command(
+        ngx_string!("cf_access_refresh"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_refresh,
+    ),
+    command(
+        ngx_string!("cf_access_cache_size"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_cache_size,
+    ),
+    command(
+        ngx_string!("cf_access_keys_cache"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_keys_cache,
+    ),
+    command(
+        ngx_string!("cf_access_proxy"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_proxy,
+    ),
+    command(
+        ngx_string!("cf_access_trusted_certificate"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_trusted_certificate,
+    ),
+    command(
+        ngx_string!("cf_access_metrics"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+        crate::metrics::set_metrics,
+    ),
+    ngx_command_t::empty(),
+];
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
 
 /// `http`-level settings and what the whole configuration uses.
 #[derive(Default)]
@@ -40,24 +140,63 @@ impl MainConf {
     }
 }
 
+/// `cf_access on | off | report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Off,
+    On,
+    /// Verify and report, never deny.
+    Report,
+}
+
+/// One `cf_access_require` directive: its values, the status for a failure, where it is.
+pub struct Require {
+    pub values: Vec<*mut ngx_http_complex_value_t>,
+    pub error: u16,
+    pub at: String,
+}
+
 #[derive(Default)]
 pub struct LocConf {
-    pub enabled: Option<bool>,
+    pub mode: Option<Mode>,
     /// Where `cf_access on` was written, for merge-time errors.
-    pub enabled_at: Option<String>,
+    pub mode_at: Option<String>,
     pub team_domain: Option<String>,
     pub audiences: Option<Vec<String>>,
     pub certs_url: Option<String>,
     pub leeway: Option<u64>,
-    /// Filled by merge when the location is enabled.
-    pub verifier: Option<Verifier>,
+    /// The `cf_access_require` rules of the innermost level that has any.
+    pub requires: Option<Rc<Vec<Require>>>,
+    /// Filled by merge when the location is `on` or `report`.
+    pub verifier: Option<Rc<Verifier>>,
 }
 
-/// What an enabled location checks tokens with.
+/// What an enabled location checks requests with (shared by the locations that inherit it
+/// unchanged; used by the event loop's thread only).
 pub struct Verifier {
+    pub mode: Mode,
     pub policy: Policy,
     pub store: Arc<KeyStore>,
+    pub requires: Option<Rc<Vec<Require>>>,
 }
+
+impl Verifier {
+    /// Whether a verdict reached with `self` holds for `other` (e.g. a server-level verdict
+    /// for a location that inherited everything).
+    pub fn same_check(&self, other: &Verifier) -> bool {
+        self.policy == other.policy
+            && Arc::ptr_eq(&self.store, &other.store)
+            && match (&self.requires, &other.requires) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Rc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Set functions
+// ---------------------------------------------------------------------------------------------
 
 /// One directive being handled: nginx's `cf` and `cmd`, and its arguments.
 struct Directive<'a> {
@@ -82,6 +221,12 @@ impl Directive<'_> {
 
     fn arg(&self) -> &ngx_str_t {
         &self.args[0]
+    }
+
+    /// `file:line` of the directive.
+    fn at(&self) -> Option<String> {
+        // SAFETY: conf_file is set while a configuration file is parsed.
+        unsafe { (*self.cf).conf_file.as_ref() }.map(|f| format!("{}:{}", f.file.name, f.line))
     }
 
     /// `invalid value "x" in "name" directive`, as nginx's own setters say it.
@@ -121,99 +266,83 @@ impl Directive<'_> {
             None => self.invalid(self.arg(), ""),
         }
     }
+
+    /// The cycle's prefix (`conf`: its configuration prefix) joined with `path`.
+    fn full_path(&self, path: &str, conf: bool) -> PathBuf {
+        // SAFETY: cf->cycle is the cycle being configured.
+        let cycle = unsafe { &*(*self.cf).cycle };
+        let prefix = if conf {
+            &cycle.conf_prefix
+        } else {
+            &cycle.prefix
+        };
+        PathBuf::from(prefix.to_string()).join(path)
+    }
 }
 
-/// # Safety
-/// `conf` must be this module's `LocConf` as nginx passes it to a directive handler.
-unsafe fn loc_conf<'a>(conf: *mut c_void) -> &'a mut LocConf {
-    // SAFETY: see above.
-    unsafe { &mut *conf.cast::<LocConf>() }
-}
-
-/// # Safety
-/// `conf` must be this module's `MainConf` as nginx passes it to a directive handler.
-unsafe fn main_conf<'a>(conf: *mut c_void) -> &'a mut MainConf {
-    // SAFETY: see above.
-    unsafe { &mut *conf.cast::<MainConf>() }
-}
-
-/// A printable argument without spaces or control bytes.
-fn plain_arg(value: &ngx_str_t) -> Option<&str> {
-    let s = value.to_str().ok()?;
-    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())).then_some(s)
-}
-
-/// `cf_access on | off;`
-pub extern "C" fn set_enabled(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as this module's directive handler.
-    let (d, conf) = unsafe { (Directive::new(cf, cmd), loc_conf(conf)) };
-    let value = match d.arg().as_bytes() {
-        v if v.eq_ignore_ascii_case(b"on") => true,
-        v if v.eq_ignore_ascii_case(b"off") => false,
-        _ => return d.invalid(d.arg(), ", it must be \"on\" or \"off\""),
+/// Defines a set function: `d` is the [`Directive`], `conf` this module's configuration of
+/// the given type, the body returns nginx's answer. The unsafe prologue is written once here.
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident, $conf:ty, |$d:ident, $c:ident| $body:block) => {
+        $(#[$doc])*
+        extern "C" fn $name(
+            cf: *mut ngx_conf_t,
+            cmd: *mut ngx_command_t,
+            conf: *mut c_void,
+        ) -> *mut c_char {
+            // SAFETY: nginx calls this as the handler of a command of this module's table,
+            // with its cf and cmd, and `conf` pointing at this module's configuration of the
+            // level the command's `conf` offset names ($conf).
+            let ($d, $c) = unsafe { (Directive::new(cf, cmd), &mut *conf.cast::<$conf>()) };
+            $body
+        }
     };
-    // SAFETY: conf_file is set while a configuration file is parsed.
-    let at = unsafe { (*cf).conf_file.as_ref() }.map(|f| format!("{}:{}", f.file.name, f.line));
-    if conf.enabled.is_none() {
-        conf.enabled_at = at;
+}
+
+setter!(
+    /// `cf_access on | off | report;`
+    set_mode, LocConf, |d, conf| {
+        let mode = match d.arg().as_bytes() {
+            v if v.eq_ignore_ascii_case(b"on") => Mode::On,
+            v if v.eq_ignore_ascii_case(b"off") => Mode::Off,
+            v if v.eq_ignore_ascii_case(b"report") => Mode::Report,
+            _ => return d.invalid(d.arg(), ", it must be \"on\", \"off\" or \"report\""),
+        };
+        if conf.mode.is_none() {
+            conf.mode_at = d.at();
+        }
+        d.store(&mut conf.mode, Some(mode))
     }
-    d.store(&mut conf.enabled, Some(value))
-}
+);
 
-/// `cf_access_team_domain <team>.cloudflareaccess.com;`
-pub extern "C" fn set_team_domain(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as this module's directive handler.
-    let (d, conf) = unsafe { (Directive::new(cf, cmd), loc_conf(conf)) };
-    let domain = plain_arg(d.arg())
-        .map(normalize_team_domain)
-        .filter(|domain| valid_team_domain(domain))
-        .map(str::to_ascii_lowercase);
-    d.store(&mut conf.team_domain, domain)
-}
-
-/// `cf_access_aud <tag> [<tag> ...];`
-pub extern "C" fn set_audiences(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as this module's directive handler.
-    let (d, conf) = unsafe { (Directive::new(cf, cmd), loc_conf(conf)) };
-    if let Some(bad) = d.args.iter().find(|a| plain_arg(a).is_none()) {
-        return d.invalid(bad, "");
+setter!(
+    /// `cf_access_team_domain <team>.cloudflareaccess.com;`
+    set_team_domain, LocConf, |d, conf| {
+        d.store(&mut conf.team_domain, config::team_domain(d.arg().as_bytes()))
     }
-    let tags = d
-        .args
-        .iter()
-        .filter_map(plain_arg)
-        .map(String::from)
-        .collect();
-    d.store(&mut conf.audiences, Some(tags))
-}
+);
 
-/// `cf_access_certs_url <url>;`
-pub extern "C" fn set_certs_url(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as this module's directive handler.
-    let (d, conf) = unsafe { (Directive::new(cf, cmd), loc_conf(conf)) };
-    let url = plain_arg(d.arg()).filter(|u| {
-        (u.starts_with("https://") || u.starts_with("http://"))
-            && u.parse::<ureq::http::Uri>()
-                .is_ok_and(|uri| uri.host().is_some_and(|h| !h.is_empty()))
-    });
-    d.store(&mut conf.certs_url, url.map(String::from))
-}
+setter!(
+    /// `cf_access_aud <tag> [<tag> ...];`
+    set_audiences, LocConf, |d, conf| {
+        let mut tags = Vec::with_capacity(d.args.len());
+        for arg in d.args {
+            match config::plain_arg(arg.as_bytes()) {
+                Some(tag) => tags.push(tag.to_string()),
+                None => return d.invalid(arg, ""),
+            }
+        }
+        d.store(&mut conf.audiences, Some(tags))
+    }
+);
+
+setter!(
+    /// `cf_access_certs_url <url>;`
+    set_certs_url, LocConf, |d, conf| {
+        let url = config::certs_url(d.arg().as_bytes()).map(String::from);
+        d.store(&mut conf.certs_url, url)
+    }
+);
 
 /// Parses an nginx time value (`30s`, `1m`, `1h`) in seconds.
 fn parse_seconds(value: &ngx_str_t) -> Option<u64> {
@@ -223,105 +352,126 @@ fn parse_seconds(value: &ngx_str_t) -> Option<u64> {
     (secs != NGX_ERROR as ngx_int_t && secs >= 0).then_some(secs as u64)
 }
 
-/// `cf_access_leeway <time>;`
-pub extern "C" fn set_leeway(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as this module's directive handler.
-    let (d, conf) = unsafe { (Directive::new(cf, cmd), loc_conf(conf)) };
-    d.store(&mut conf.leeway, parse_seconds(d.arg()))
-}
-
-/// `cf_access_refresh <time>;` (http)
-pub extern "C" fn set_refresh(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as this module's directive handler.
-    let (d, conf) = unsafe { (Directive::new(cf, cmd), main_conf(conf)) };
-    let interval = parse_seconds(d.arg())
-        .filter(|s| *s > 0)
-        .map(Duration::from_secs);
-    d.store(&mut conf.refresh, interval)
-}
-
-/// `cf_access_cache_size <number>;` (http)
-pub extern "C" fn set_cache_size(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as this module's directive handler.
-    let (d, conf) = unsafe { (Directive::new(cf, cmd), main_conf(conf)) };
-    let size = d
-        .arg()
-        .to_str()
-        .ok()
-        .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n <= 10_000_000);
-    d.store(&mut conf.cache_size, size)
-}
-
-/// `cf_access_keys_cache <path>;` (http). A relative path is relative to the prefix, as
-/// for nginx's own paths.
-pub extern "C" fn set_keys_cache(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as this module's directive handler.
-    let (d, conf) = unsafe { (Directive::new(cf, cmd), main_conf(conf)) };
-    // SAFETY: cf->cycle is the cycle being configured.
-    let prefix = unsafe { (*(*cf).cycle).prefix.to_string() };
-    let path = d
-        .arg()
-        .to_str()
-        .ok()
-        .filter(|p| !p.is_empty())
-        .map(|p| PathBuf::from(prefix).join(p));
-    d.store(&mut conf.keys_cache, path)
-}
-
-/// `cf_access_proxy <url>;` (http): an HTTP proxy reached with CONNECT.
-pub extern "C" fn set_proxy(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as this module's directive handler.
-    let (d, conf) = unsafe { (Directive::new(cf, cmd), main_conf(conf)) };
-    let proxy = plain_arg(d.arg())
-        .filter(|p| p.starts_with("http://") || p.starts_with("https://"))
-        .and_then(|p| ureq::Proxy::new(p).ok());
-    d.store(&mut conf.egress.proxy, proxy)
-}
-
-/// `cf_access_trusted_certificate <file>;` (http): PEM CA certificates that replace the
-/// bundled web roots. Read once, at configuration time, like nginx's own certificates.
-pub extern "C" fn set_trusted_certificate(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as this module's directive handler.
-    let (d, conf) = unsafe { (Directive::new(cf, cmd), main_conf(conf)) };
-    if conf.egress.roots.is_some() {
-        return d.store(&mut conf.egress.roots, None);
+setter!(
+    /// `cf_access_leeway <time>;`
+    set_leeway, LocConf, |d, conf| {
+        d.store(&mut conf.leeway, parse_seconds(d.arg()))
     }
-    // SAFETY: cf->cycle is the cycle being configured.
-    let prefix = unsafe { (*(*cf).cycle).conf_prefix.to_string() };
-    let Some(path) = plain_arg(d.arg()).map(|p| PathBuf::from(&prefix).join(p)) else {
-        return d.invalid(d.arg(), "");
-    };
-    match keys::fetch::read_roots(&path) {
-        Ok(certs) => d.store(&mut conf.egress.roots, Some(Arc::new(certs))),
-        Err(e) => d.fail(&format!("cannot use \"{}\": {e}", path.display())),
+);
+
+setter!(
+    /// `cf_access_require <value> ... [error=401|403];` (may repeat on a level).
+    set_require, LocConf, |d, conf| {
+        let (error, values) = match d.args.split_last() {
+            Some((last, rest)) if last.as_bytes().starts_with(b"error=") => {
+                match config::require_error(last.as_bytes()) {
+                    Some(code) => (code, rest),
+                    None => return d.invalid(last, ", it must be \"error=401\" or \"error=403\""),
+                }
+            }
+            _ => (403, d.args),
+        };
+        if values.is_empty() {
+            return d.fail("needs at least one value");
+        }
+        let mut compiled = Vec::with_capacity(values.len());
+        for value in values {
+            match compile(d.cf, value) {
+                Some(cv) => compiled.push(cv),
+                None => return NGX_CONF_ERROR,
+            }
+        }
+        let require = Require {
+            values: compiled,
+            error,
+            at: d.at().unwrap_or_default(),
+        };
+        match conf.requires.as_mut().and_then(Rc::get_mut) {
+            Some(list) => list.push(require),
+            None => conf.requires = Some(Rc::new(vec![require])),
+        }
+        NGX_CONF_OK
     }
+);
+
+/// Compiles `value` (which may hold variables) into a complex value in the cycle's pool;
+/// nginx logs what is wrong with it.
+fn compile(cf: *mut ngx_conf_t, value: &ngx_str_t) -> Option<*mut ngx_http_complex_value_t> {
+    // SAFETY: cf is the configuration being parsed; its pool lives as long as the cycle.
+    let cv = unsafe {
+        ngx::ffi::ngx_pcalloc((*cf).pool, std::mem::size_of::<ngx_http_complex_value_t>())
+    }
+    .cast::<ngx_http_complex_value_t>();
+    if cv.is_null() {
+        return None;
+    }
+    let mut value = *value;
+    // SAFETY: all-zero is the documented initial state of ngx_http_compile_complex_value_t.
+    let mut ccv: ngx_http_compile_complex_value_t = unsafe { std::mem::zeroed() };
+    ccv.cf = cf;
+    ccv.value = &mut value;
+    ccv.complex_value = cv;
+    // SAFETY: ccv is filled as nginx's own directives fill it; `value`'s bytes are in the
+    // configuration's buffers, which nginx copies as needed.
+    let rc = unsafe { ngx_http_compile_complex_value(&mut ccv) };
+    (rc == NGX_OK as ngx_int_t).then_some(cv)
 }
+
+setter!(
+    /// `cf_access_refresh <time>;` (http)
+    set_refresh, MainConf, |d, conf| {
+        let interval = parse_seconds(d.arg())
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs);
+        d.store(&mut conf.refresh, interval)
+    }
+);
+
+setter!(
+    /// `cf_access_cache_size <number>;` (http)
+    set_cache_size, MainConf, |d, conf| {
+        d.store(&mut conf.cache_size, config::cache_size(d.arg().as_bytes()))
+    }
+);
+
+setter!(
+    /// `cf_access_keys_cache <path>;` (http). A relative path is relative to the prefix, as
+    /// for nginx's own paths.
+    set_keys_cache, MainConf, |d, conf| {
+        let path = config::plain_arg(d.arg().as_bytes()).map(|p| d.full_path(p, false));
+        d.store(&mut conf.keys_cache, path)
+    }
+);
+
+setter!(
+    /// `cf_access_proxy <url>;` (http): an HTTP proxy reached with CONNECT.
+    set_proxy, MainConf, |d, conf| {
+        let proxy = config::proxy_url(d.arg().as_bytes()).and_then(|p| ureq::Proxy::new(p).ok());
+        d.store(&mut conf.egress.proxy, proxy)
+    }
+);
+
+setter!(
+    /// `cf_access_trusted_certificate <file>;` (http): PEM CA certificates that replace the
+    /// bundled web roots. Read once, at configuration time, like nginx's own certificates.
+    set_trusted_certificate, MainConf, |d, conf| {
+        if conf.egress.roots.is_some() {
+            return d.store(&mut conf.egress.roots, None);
+        }
+        let Some(path) = config::plain_arg(d.arg().as_bytes()).map(|p| d.full_path(p, true))
+        else {
+            return d.invalid(d.arg(), "");
+        };
+        match keys::fetch::read_roots(&path) {
+            Ok(certs) => d.store(&mut conf.egress.roots, Some(Arc::new(certs))),
+            Err(e) => d.fail(&format!("cannot use \"{}\": {e}", path.display())),
+        }
+    }
+);
+
+// ---------------------------------------------------------------------------------------------
+// Merging
+// ---------------------------------------------------------------------------------------------
 
 /// Why an enabled location cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -333,23 +483,25 @@ pub enum MergeError {
 }
 
 impl LocConf {
-    /// Takes every unset value from `prev`; an enabled location gets its verifier, and its
-    /// key store is registered in `main`.
+    /// Takes every unset value from `prev`; an enabled location gets its verifier (the
+    /// parent's own when nothing differs), and its key store is registered in `main`.
     pub fn merge(&mut self, prev: &LocConf, main: &mut MainConf) -> Result<(), MergeError> {
-        if self.enabled.is_none() {
-            self.enabled = prev.enabled;
-            self.enabled_at.clone_from(&prev.enabled_at);
+        if self.mode.is_none() {
+            self.mode = prev.mode;
+            self.mode_at.clone_from(&prev.mode_at);
         }
         inherit(&mut self.team_domain, &prev.team_domain);
         inherit(&mut self.audiences, &prev.audiences);
         inherit(&mut self.certs_url, &prev.certs_url);
         inherit(&mut self.leeway, &prev.leeway);
+        inherit(&mut self.requires, &prev.requires);
 
-        if self.enabled != Some(true) {
+        let mode = self.mode.unwrap_or(Mode::Off);
+        if mode == Mode::Off {
             return Ok(());
         }
         let at = self
-            .enabled_at
+            .mode_at
             .as_ref()
             .map(|at| format!(" in {at}"))
             .unwrap_or_default();
@@ -361,15 +513,23 @@ impl LocConf {
         let url = self
             .certs_url
             .clone()
-            .unwrap_or_else(|| format!("https://{team}/cdn-cgi/access/certs"));
+            .unwrap_or_else(|| config::default_certs_url(team));
         let store = keys::store_for(&url);
         if !main.stores.iter().any(|s| Arc::ptr_eq(s, &store)) {
             main.stores.push(store.clone());
         }
-        self.verifier = Some(Verifier {
+        let verifier = Verifier {
+            mode,
             policy: Policy::new(team, audiences, self.leeway.unwrap_or(DEFAULT_LEEWAY)),
             store,
-        });
+            requires: self.requires.clone(),
+        };
+        self.verifier = match &prev.verifier {
+            Some(parent) if parent.mode == mode && parent.same_check(&verifier) => {
+                Some(parent.clone())
+            }
+            _ => Some(Rc::new(verifier)),
+        };
         Ok(())
     }
 }

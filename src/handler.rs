@@ -1,15 +1,21 @@
-//! The access-phase handler: find the token, verify it, record the verdict.
+//! The request path: the verdict for a request under its location's settings, decided once
+//! by the core (`cf_access_core::decide`) in the first phase that needs it; the rewrite and
+//! access phase handlers that enforce it.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::rc::Rc;
 
-use cf_access_core::{extract, Status, TokenCache, Verified, VerifyError};
+use cf_access_core::decide::{self, Check};
+use cf_access_core::{Status, TokenCache};
 use ngx::core;
-use ngx::ffi::{ngx_cached_time, ngx_http_request_t, ngx_int_t, NGX_HTTP_FORBIDDEN, NGX_LOG_INFO};
-use ngx::http::{HttpModuleLocationConf, Request};
-use ngx::ngx_log_error;
+use ngx::ffi::{
+    ngx_cached_time, ngx_http_complex_value, ngx_http_request_t, ngx_int_t, ngx_str_t,
+    NGX_HTTP_SATISFY_ALL, NGX_LOG_INFO, NGX_OK,
+};
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule, Request};
+use ngx::{ngx_log_debug_http, ngx_log_error};
 
-use crate::conf::Verifier;
+use crate::conf::{Mode, Verifier};
 use crate::ctx::RequestCtx;
 use crate::Module;
 
@@ -30,59 +36,172 @@ fn now() -> i64 {
     unsafe { (*ngx_cached_time).sec as i64 }
 }
 
-fn check(r: &Request, verifier: &Verifier) -> Result<Arc<Verified>, VerifyError> {
-    let headers = r
-        .headers_in_iterator()
-        .map(|(name, value)| (name.as_bytes(), value.as_bytes()));
-    let token = extract::find_token(headers)
-        .map_err(VerifyError::Malformed)?
-        .ok_or(VerifyError::NoToken)?;
-    let token =
-        std::str::from_utf8(token).map_err(|_| VerifyError::Malformed("token is not ascii"))?;
+/// The verifier of `r`'s current location; `None` where `cf_access` is off.
+pub fn verifier(r: &Request) -> Option<&Rc<Verifier>> {
+    Module::location_conf(r)?.verifier.as_ref()
+}
+
+/// `r`'s verdict under `verifier`: the one already reached with the same settings, or a new
+/// one (decided, logged, stored on `r`). `None` only when the pool is exhausted.
+pub fn verdict<'r>(r: &'r Request, verifier: &Rc<Verifier>) -> Option<&'r RequestCtx> {
+    if let Some(ctx) = RequestCtx::own(r).filter(|c| c.verifier.same_check(verifier)) {
+        return Some(ctx);
+    }
     let store = &verifier.store;
     let snapshot = store.current();
-    let keys = snapshot.as_deref().map(|s| &s.set);
-    let (result, lookups) = CACHE.with_borrow_mut(|cache| {
-        let result =
-            cf_access_core::verify_cached(token, keys, &verifier.policy, now(), cache, &store.url);
-        (result, cache.take_lookups())
-    });
-    crate::metrics::count_lookups(lookups);
-    if matches!(result, Err(VerifyError::UnknownKid)) {
-        // Perhaps the keys were rotated: have the refresher look (rate limited).
-        if store.want_refresh() {
+    // Another process stored a newer set: have this worker's refresher adopt it now rather
+    // than at its next look (this request still uses the set in hand).
+    if let (Some(zone), Some(slot)) = (crate::zone::current(), store.slot()) {
+        let published = zone.published(slot);
+        let held = snapshot.as_deref().map_or(0, |s| s.seq);
+        if published != 0 && published != held && store.want_refresh() {
             crate::refresher::wake();
         }
     }
-    result
+    let check = Check {
+        policy: &verifier.policy,
+        keys: snapshot.as_deref().map(|s| &s.set),
+        now: now(),
+    };
+    let headers = r
+        .headers_in_iterator()
+        .map(|(name, value)| (name.as_bytes(), value.as_bytes()));
+    let (decision, (hits, misses)) = CACHE.with_borrow_mut(|cache| {
+        let decision = decide::decide(headers, &check, cache);
+        (decision, cache.take_lookups())
+    });
+    crate::metrics::count_lookups((hits, misses));
+    ngx_log_debug_http!(
+        r,
+        "cf_access: {} for \"{}\" (token cache: {} hit, {} miss)",
+        decision.status.as_str(),
+        store.url,
+        hits,
+        misses
+    );
+    if decision.wants_refresh && store.want_refresh() {
+        // Perhaps the keys were rotated: have the refresher look (rate limited there).
+        crate::refresher::wake();
+    }
+    if let Some(v) = &decision.verified {
+        ngx_log_debug_http!(r, "cf_access: token verified (kid {})", v.kid);
+    }
+    let ctx = RequestCtx::set(
+        r,
+        RequestCtx {
+            status: decision.status.into(),
+            verified: decision.verified,
+            verifier: verifier.clone(),
+            deny_with: 403.into(),
+        },
+    )?;
+    match decision.error {
+        Some(e) => log_denial(r, verifier.mode, e.status(), &e.to_string()),
+        None => check_requires(r, ctx, verifier),
+    }
+    Some(ctx)
 }
 
+/// The `cf_access_require` rules, once the token verified (their values may read the
+/// `$cf_access_*` variables, which see this verdict).
+fn check_requires(r: &Request, ctx: &RequestCtx, verifier: &Verifier) {
+    let Some(requires) = &verifier.requires else {
+        return;
+    };
+    for require in requires.iter() {
+        let mut values = Vec::with_capacity(require.values.len());
+        for &cv in &require.values {
+            let mut value = ngx_str_t::default();
+            // SAFETY: `cv` was compiled at configuration time for this cycle; `r` is live.
+            let rc =
+                unsafe { ngx_http_complex_value(r.as_ref() as *const _ as *mut _, cv, &mut value) };
+            if rc != NGX_OK as ngx_int_t {
+                value = ngx_str_t::default();
+            }
+            values.push(value);
+        }
+        if decide::first_unmet(values.iter().map(|v| v.as_bytes())).is_some() {
+            ctx.status.set(Status::NotAllowed);
+            ctx.deny_with.set(require.error);
+            let why = format!("\"cf_access_require\" in {} is not met", require.at);
+            log_denial(r, verifier.mode, Status::NotAllowed, &why);
+            return;
+        }
+    }
+}
+
+/// The one line a refused request gets (`info`).
+fn log_denial(r: &Request, mode: Mode, status: Status, why: &str) {
+    let would = if mode == Mode::Report { "report: " } else { "" };
+    let verb = if mode == Mode::Report {
+        "would be denied"
+    } else {
+        "denied"
+    };
+    ngx_log_error!(
+        NGX_LOG_INFO,
+        r.log(),
+        "cf_access: {}access {} ({}): {}",
+        would,
+        verb,
+        status.as_str(),
+        why
+    );
+}
+
+/// What a phase handler returns for a verdict: go on, or the status to deny with.
+fn enforce(ctx: &RequestCtx) -> ngx_int_t {
+    if ctx.verifier.mode == Mode::Report {
+        return core::Status::NGX_DECLINED.into();
+    }
+    match ctx.status.get() {
+        Status::Ok => core::Status::NGX_OK.into(),
+        _ => ngx_int_t::from(ctx.deny_with.get() as i16),
+    }
+}
+
+/// The rewrite phase, before the rewrite module's `return`/`rewrite`/`if` run: where
+/// `satisfy all` applies (nothing else could let the request in) and for subrequests (nginx
+/// runs no access phase for them), the verdict is enforced here, so a location answered by
+/// `return`, and a protected location reached by `auth_request`, SSI or `mirror`, is never
+/// served without a token.
+///
+/// # Safety
+/// Called by nginx in the rewrite phase with a valid request.
+pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx passes a valid request.
+    let r = unsafe { Request::from_ngx_http_request(r) };
+    let Some(verifier) = verifier(r) else {
+        return core::Status::NGX_DECLINED.into();
+    };
+    let satisfy_all = NgxHttpCoreModule::location_conf(r)
+        .is_some_and(|clcf| clcf.satisfy == NGX_HTTP_SATISFY_ALL as ngx::ffi::ngx_uint_t);
+    if !satisfy_all && r.is_main() {
+        return core::Status::NGX_DECLINED.into();
+    }
+    let Some(ctx) = verdict(r, verifier) else {
+        return core::Status::NGX_ERROR.into();
+    };
+    let rc = enforce(ctx);
+    if rc == ngx_int_t::from(core::Status::NGX_OK) {
+        // Allowed: the access phase (for a main request) says so again.
+        return core::Status::NGX_DECLINED.into();
+    }
+    rc
+}
+
+/// The access phase (main requests only; nginx skips it for subrequests).
+///
 /// # Safety
 /// Called by nginx in the access phase with a valid request.
 pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a valid request.
     let r = unsafe { Request::from_ngx_http_request(r) };
-    let Some(verifier) = Module::location_conf(r).and_then(|c| c.verifier.as_ref()) else {
+    let Some(verifier) = verifier(r) else {
         return core::Status::NGX_DECLINED.into();
     };
-    let (status, verified) = match check(r, verifier) {
-        Ok(verified) => (Status::Ok, Some(verified)),
-        Err(e) => {
-            ngx_log_error!(
-                NGX_LOG_INFO,
-                r.log(),
-                "cf_access: access denied ({}): {}",
-                e.status().as_str(),
-                e
-            );
-            (e.status(), None)
-        }
-    };
-    if RequestCtx::set(r, status, verified).is_none() {
-        return core::Status::NGX_ERROR.into();
-    }
-    match status {
-        Status::Ok => core::Status::NGX_OK.into(),
-        _ => NGX_HTTP_FORBIDDEN as ngx_int_t,
+    match verdict(r, verifier) {
+        Some(ctx) => enforce(ctx),
+        None => core::Status::NGX_ERROR.into(),
     }
 }

@@ -1,9 +1,11 @@
 //! ngx_http_cf_access_module: verifies Cloudflare Access JWTs at the origin.
 //!
 //! This file holds the module statics and nginx glue only:
-//! - `conf.rs`: directives, set functions, merge;
-//! - `handler.rs`: the access-phase handler; `ctx.rs`: the per-request verdict;
+//! - `conf.rs`: the command table, set functions, merge;
+//! - `handler.rs`: the request's verdict and the rewrite/access phase handlers; `ctx.rs`:
+//!   the per-request verdict;
 //! - `variables.rs`: `$cf_access_*`; `metrics.rs`: `cf_access_metrics` and the counters;
+//! - `pitfalls.rs`: `nginx -t` warnings for what the module cannot enforce;
 //! - `zone.rs`: the shared memory zone every process of the instance agrees through;
 //! - `keys/`: this process's key sets, one bounded fetch, one refresh round, the key cache
 //!   file; `refresher.rs`: the per-worker thread running refresh rounds;
@@ -17,13 +19,12 @@ use std::ptr;
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_push, ngx_command_t, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
-    ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_request_t,
-    ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS,
-    NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_phases_NGX_HTTP_LOG_PHASE,
+    ngx_http_phases_NGX_HTTP_REWRITE_PHASE, ngx_http_request_t, ngx_int_t, ngx_module_t,
+    NGX_HTTP_MODULE, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
-use ngx::{ngx_conf_log_error, ngx_string};
+use ngx::ngx_conf_log_error;
 
 use cf_access_core::zone::MAX_URLS;
 
@@ -34,6 +35,7 @@ mod keys;
 mod lifecycle;
 mod log;
 mod metrics;
+mod pitfalls;
 mod refresher;
 mod signals;
 mod variables;
@@ -73,10 +75,16 @@ impl HttpModule for Module {
         let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(cf) else {
             return Status::NGX_ERROR.into();
         };
+        // Within a phase nginx runs the handlers added last first: this module's rewrite
+        // handler runs before the rewrite module's (`return`, `rewrite`, `if`).
         for (phase, handler) in [
             (
+                ngx_http_phases_NGX_HTTP_REWRITE_PHASE,
+                handler::rewrite_handler as HandlerFn,
+            ),
+            (
                 ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
-                handler::access_handler as HandlerFn,
+                handler::access_handler,
             ),
             (ngx_http_phases_NGX_HTTP_LOG_PHASE, metrics::log_handler),
         ] {
@@ -105,86 +113,6 @@ unsafe impl HttpModuleLocationConf for Module {
 
 type HandlerFn = unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t;
 
-const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
-
-type SetFn = extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
-
-/// A directive of this module: location-level ones are set on `LocConf`, http-only ones on
-/// `MainConf`.
-const fn command(name: ngx_str_t, flags: u32, set: SetFn) -> ngx_command_t {
-    ngx_command_t {
-        name,
-        type_: flags as ngx_uint_t,
-        set: Some(set),
-        conf: if flags & NGX_HTTP_LOC_CONF != 0 {
-            NGX_HTTP_LOC_CONF_OFFSET
-        } else {
-            NGX_HTTP_MAIN_CONF_OFFSET
-        },
-        offset: 0,
-        post: ptr::null_mut(),
-    }
-}
-
-static mut COMMANDS: [ngx_command_t; 12] = [
-    command(
-        ngx_string!("cf_access"),
-        ANY_LEVEL | NGX_CONF_FLAG,
-        conf::set_enabled,
-    ),
-    command(
-        ngx_string!("cf_access_team_domain"),
-        ANY_LEVEL | NGX_CONF_TAKE1,
-        conf::set_team_domain,
-    ),
-    command(
-        ngx_string!("cf_access_aud"),
-        ANY_LEVEL | NGX_CONF_1MORE,
-        conf::set_audiences,
-    ),
-    command(
-        ngx_string!("cf_access_certs_url"),
-        ANY_LEVEL | NGX_CONF_TAKE1,
-        conf::set_certs_url,
-    ),
-    command(
-        ngx_string!("cf_access_leeway"),
-        ANY_LEVEL | NGX_CONF_TAKE1,
-        conf::set_leeway,
-    ),
-    command(
-        ngx_string!("cf_access_refresh"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::set_refresh,
-    ),
-    command(
-        ngx_string!("cf_access_cache_size"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::set_cache_size,
-    ),
-    command(
-        ngx_string!("cf_access_keys_cache"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::set_keys_cache,
-    ),
-    command(
-        ngx_string!("cf_access_proxy"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::set_proxy,
-    ),
-    command(
-        ngx_string!("cf_access_trusted_certificate"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::set_trusted_certificate,
-    ),
-    command(
-        ngx_string!("cf_access_metrics"),
-        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
-        metrics::set_metrics,
-    ),
-    ngx_command_t::empty(),
-];
-
 /// Merges a location's settings with its parent's (see `LocConf::merge`).
 unsafe extern "C" fn merge_loc_conf(
     cf: *mut ngx_conf_t,
@@ -198,7 +126,10 @@ unsafe extern "C" fn merge_loc_conf(
         return ngx::core::NGX_CONF_ERROR;
     };
     match conf.merge(prev, main) {
-        Ok(()) => ngx::core::NGX_CONF_OK,
+        Ok(()) => {
+            pitfalls::warn_unenforced_rewrites(cf, conf);
+            ngx::core::NGX_CONF_OK
+        }
         Err(e) => {
             ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", e);
             ngx::core::NGX_CONF_ERROR
@@ -223,7 +154,7 @@ ngx::ngx_modules!(ngx_http_cf_access_module);
 #[allow(non_upper_case_globals)]
 pub static mut ngx_http_cf_access_module: ngx_module_t = ngx_module_t {
     ctx: ptr::addr_of!(MODULE_CTX) as _,
-    commands: ptr::addr_of_mut!(COMMANDS) as *mut ngx_command_t,
+    commands: ptr::addr_of_mut!(conf::COMMANDS) as *mut ngx_command_t,
     type_: NGX_HTTP_MODULE as _,
     init_module: Some(lifecycle::init_module),
     init_process: Some(lifecycle::init_process),

@@ -1,10 +1,13 @@
 //! Process hooks: the master's round over every certs URL after loading the configuration,
-//! and the per-worker refresher's start and stop.
+//! and the per-worker refresher's start and stop. A panic in either is caught: it must not
+//! unwind into nginx (which would abort the master).
+
+use std::panic::{self, AssertUnwindSafe};
 
 use ngx::core::Status;
 use ngx::ffi::{
-    ngx_cycle_t, ngx_int_t, ngx_process, ngx_test_config, NGX_LOG_EMERG, NGX_PROCESS_SINGLE,
-    NGX_PROCESS_WORKER,
+    ngx_cycle_t, ngx_int_t, ngx_process, ngx_test_config, NGX_LOG_ALERT, NGX_LOG_EMERG,
+    NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
@@ -16,8 +19,9 @@ use crate::{log, refresher, zone, Module};
 /// In the master, after the configuration is loaded (start and reload): give each certs URL
 /// its zone slot, adopt what the zone holds (a reload keeps it) or fetch what it lacks, fall
 /// back to the key cache file, and rewrite that file from the zone. Workers then fork with
-/// the instance's newest sets. Failure is not fatal: requests fail closed until a refresh
-/// succeeds. Skipped by `nginx -t` (`nginx -s` stops before init_module).
+/// the instance's newest sets. Nothing here fails the cycle (on a reload nginx would exit):
+/// requests fail closed until a refresh succeeds. Skipped by `nginx -t` (`nginx -s` stops
+/// before init_module).
 pub extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: nginx passes the new, fully configured cycle.
     let cycle = unsafe { &*cycle };
@@ -25,15 +29,26 @@ pub extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     if unsafe { ngx_test_config } != 0 {
         return Status::NGX_OK.into();
     }
-    let Some(main) = Module::main_conf(cycle) else {
-        return Status::NGX_OK.into();
-    };
-    if main.stores.is_empty() {
-        return Status::NGX_OK.into();
+    if panic::catch_unwind(AssertUnwindSafe(|| master_round(cycle))).is_err() {
+        ngx_log_error!(
+            NGX_LOG_ALERT,
+            cycle.log,
+            "cf_access: loading keys panicked; requests are refused until a refresh succeeds"
+        );
     }
-    let Some(zone) = zone::attach(cycle) else {
-        ngx_log_error!(NGX_LOG_EMERG, cycle.log, "cf_access: shared zone not found");
-        return Status::NGX_ERROR.into();
+    Status::NGX_OK.into()
+}
+
+fn master_round(cycle: &ngx_cycle_t) {
+    let zone = zone::attach(cycle);
+    let Some(main) = Module::main_conf(cycle).filter(|m| !m.stores.is_empty()) else {
+        return;
+    };
+    // SAFETY: the cycle's log outlives this call, the only use of `log`.
+    let log = unsafe { log::ThreadLog::new(cycle.log) };
+    let Some(zone) = zone else {
+        log.alert("cf_access: the shared zone is missing; requests are refused");
+        return;
     };
     let urls: Vec<&str> = main.stores.iter().map(|s| s.url.as_str()).collect();
     match zone.assign(&urls) {
@@ -43,16 +58,20 @@ pub extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             }
         }
         Err(e) => {
-            ngx_log_error!(NGX_LOG_EMERG, cycle.log, "cf_access: {}", e);
-            return Status::NGX_ERROR.into();
+            log.alert(&format!(
+                "cf_access: cannot give the certs urls their places in the shared zone: {e}; \
+                 keys are kept as they are"
+            ));
+            return;
         }
     }
-    // SAFETY: the cycle's log outlives this call, the only use of `log`.
-    let log = unsafe { log::ThreadLog::new(cycle.log) };
+    // Workers of the previous configuration only adopt from now on.
+    let generation = zone.next_generation();
     let env = Env {
         interval: main.refresh(),
         egress: &main.egress,
         caller: Caller::Master,
+        generation,
         log: &log,
     };
     for store in &main.stores {
@@ -68,55 +87,62 @@ pub extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             store.url
         ));
     }
-    Status::NGX_OK.into()
 }
 
 /// In each worker: adopt the zone's newest sets (a respawned worker must not verify with the
-/// master's older copy), then start the refresher thread.
+/// master's older copy; if the zone cannot be read, it verifies with nothing until its
+/// refresher can), then start the refresher thread.
 pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: nginx passes the worker's cycle, valid for the life of the process.
-    let cycle_ref = unsafe { &*cycle };
+    let cycle = unsafe { &*cycle };
     // SAFETY: a plain global nginx sets before calling init_process.
     let process = unsafe { ngx_process } as u32;
     if process != NGX_PROCESS_WORKER && process != NGX_PROCESS_SINGLE {
         return Status::NGX_OK.into();
     }
-    let Some(main) = Module::main_conf(cycle_ref) else {
-        return Status::NGX_OK.into();
-    };
-    if main.stores.is_empty() {
-        return Status::NGX_OK.into();
+    match panic::catch_unwind(AssertUnwindSafe(|| start_worker(cycle))) {
+        Ok(status) => status.into(),
+        Err(_) => {
+            ngx_log_error!(NGX_LOG_EMERG, cycle.log, "cf_access: worker start panicked");
+            Status::NGX_ERROR.into()
+        }
     }
+}
+
+fn start_worker(cycle: &ngx_cycle_t) -> Status {
+    let zone = zone::attach(cycle);
+    let Some(main) = Module::main_conf(cycle).filter(|m| !m.stores.is_empty()) else {
+        return Status::NGX_OK;
+    };
     crate::handler::init_cache(main.cache_size());
     // SAFETY: the cycle's log lives as long as the worker process.
-    let log = unsafe { log::ThreadLog::new(cycle_ref.log) };
-    let Some(zone) = zone::attach(cycle_ref) else {
-        ngx_log_error!(
-            NGX_LOG_EMERG,
-            cycle_ref.log,
-            "cf_access: shared zone not found"
-        );
-        return Status::NGX_ERROR.into();
+    let log = unsafe { log::ThreadLog::new(cycle.log) };
+    let Some(zone) = zone else {
+        ngx_log_error!(NGX_LOG_EMERG, cycle.log, "cf_access: shared zone not found");
+        return Status::NGX_ERROR;
     };
     for store in &main.stores {
-        sync::adopt(&zone, store, &log);
+        if !sync::adopt(&zone, store, &log) {
+            store.clear();
+        }
     }
     let settings = refresher::Settings {
         zone,
+        generation: zone.generation(),
         stores: main.stores.clone(),
         interval: main.refresh(),
         egress: main.egress.clone(),
     };
     match refresher::start(settings, log) {
-        Ok(()) => Status::NGX_OK.into(),
+        Ok(()) => Status::NGX_OK,
         Err(e) => {
             ngx_log_error!(
                 NGX_LOG_EMERG,
-                cycle_ref.log,
+                cycle.log,
                 "cf_access: cannot start the key refresher thread: {}",
                 e
             );
-            Status::NGX_ERROR.into()
+            Status::NGX_ERROR
         }
     }
 }

@@ -56,7 +56,7 @@ pub unsafe extern "C" fn log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let r = unsafe { Request::from_ngx_http_request(r) };
     // With `log_subrequest on` subrequests are logged too; their verdict is the main's.
     if let Some(ctx) = RequestCtx::get(r).filter(|_| r.is_main()) {
-        count_verdict(ctx.status);
+        count_verdict(ctx.status.get());
     }
     core::Status::NGX_OK.into()
 }

@@ -49,6 +49,8 @@ pub fn stop() {
 
 pub struct Settings {
     pub zone: Zone,
+    /// The configuration generation this worker belongs to.
+    pub generation: u64,
     pub stores: Vec<Arc<KeyStore>>,
     pub interval: Duration,
     pub egress: Egress,
@@ -82,6 +84,7 @@ fn run(mut targets: Vec<Target>, settings: &Settings, log: &ThreadLog) {
         interval: settings.interval,
         egress: &settings.egress,
         caller: Caller::Worker,
+        generation: settings.generation,
         log,
     };
     loop {
@@ -94,8 +97,10 @@ fn run(mut targets: Vec<Target>, settings: &Settings, log: &ThreadLog) {
                 }
                 let now = mono_ms();
                 for t in targets.iter_mut() {
-                    if t.store.take_refresh_wanted() {
-                        t.wish.get_or_insert(now);
+                    // A new wish is looked at now; one already pending waits for its turn
+                    // (a flood of unknown kids must not become a round per request).
+                    if t.store.take_refresh_wanted() && t.wish.is_none() {
+                        t.wish = Some(now);
                         t.next = now;
                     }
                 }

@@ -1,9 +1,11 @@
 //! `$cf_access_*` variables.
 //!
-//! Values come from the main request's verdict, so subrequests (`auth_request`, `mirror`)
-//! see what the main request saw. Unverified requests get empty identity values: nothing
-//! a client sent is ever reflected. Claim values have control characters replaced, so they
-//! cannot split a header when passed on.
+//! Where `cf_access` is `on` or `report`, reading one in any phase (`if`, `set`, `map`,
+//! `limit_req` keys, headers, logs) gives the verified value: the first read decides the
+//! request's verdict (once; the access phase reuses it). Elsewhere they show the verdict the
+//! request (or, for a subrequest, its main request) already has. Unverified requests get
+//! empty identity values: nothing a client sent is ever reflected. Claim values have control
+//! characters replaced, so they cannot split a header when passed on.
 
 use std::borrow::Cow;
 
@@ -16,6 +18,7 @@ use ngx::ffi::{
 use ngx::http::Request;
 
 use crate::ctx::RequestCtx;
+use crate::handler;
 
 /// How a variable reads its value from a request's verdict; `name` is the full variable
 /// name (for the prefix variables).
@@ -44,7 +47,7 @@ static VARIABLES: [Var; 8] = [
     Var {
         name: "cf_access_status",
         prefix: false,
-        get: |c, _| Some(c.status.as_str().into()),
+        get: |c, _| Some(c.status.get().as_str().into()),
     },
     Var {
         name: "cf_access_common_name",
@@ -66,7 +69,7 @@ static VARIABLES: [Var; 8] = [
         prefix: true,
         get: |c, name| {
             let claim = name.strip_prefix(CLAIM_PREFIX)?;
-            claim::lookup(&c.verified.as_ref()?.payload, false, claim).map(Cow::Owned)
+            claim::lookup(c.verified.as_ref()?.claims_map(), false, claim).map(Cow::Owned)
         },
     },
     Var {
@@ -74,7 +77,7 @@ static VARIABLES: [Var; 8] = [
         prefix: true,
         get: |c, name| {
             let claim = name.strip_prefix(CUSTOM_PREFIX)?;
-            claim::lookup(&c.verified.as_ref()?.payload, true, claim).map(Cow::Owned)
+            claim::lookup(c.verified.as_ref()?.claims_map(), true, claim).map(Cow::Owned)
         },
     },
 ];
@@ -142,11 +145,20 @@ unsafe extern "C" fn get_variable(
 ) -> ngx_int_t {
     // SAFETY: nginx passes a valid request and value slot.
     let (r, v) = unsafe { (Request::from_ngx_http_request(r), &mut *v) };
-    let value = match (RequestCtx::get(r), VARIABLES.get(data)) {
+    let value = match (verdict(r), VARIABLES.get(data)) {
         (Some(ctx), Some(var)) => (var.get)(ctx, var.name),
         _ => None,
     };
     set_value(r, v, value)
+}
+
+/// The verdict a variable shows: decided now where `cf_access` applies, else the one the
+/// request already has.
+fn verdict(r: &Request) -> Option<&RequestCtx> {
+    match handler::verifier(r) {
+        Some(verifier) => handler::verdict(r, verifier),
+        None => RequestCtx::get(r),
+    }
 }
 
 unsafe extern "C" fn get_prefixed(
@@ -169,7 +181,7 @@ unsafe extern "C" fn get_prefixed(
     let var = VARIABLES
         .iter()
         .find(|var| var.prefix && name.starts_with(var.name));
-    let value = match (RequestCtx::get(r), var) {
+    let value = match (verdict(r), var) {
         (Some(ctx), Some(var)) => (var.get)(ctx, name),
         _ => None,
     };

@@ -22,6 +22,15 @@ use crate::ngx_http_cf_access_module;
 /// Room for nginx's slab allocator header and page table next to the zone itself.
 const SLAB_OVERHEAD: usize = 64 * 1024;
 
+/// The zone's size: the layout rounded up to pages, plus the slab allocator's header and the
+/// page lost to alignment (`ngx_slab_init` aligns to a page: 64 KiB on some aarch64
+/// kernels). Constant on a host, so nginx keeps the zone across reloads.
+fn zone_size() -> usize {
+    // SAFETY: a plain global nginx sets at startup (ngx_os_init), before any configuration.
+    let page = (unsafe { ngx::ffi::ngx_pagesize }).max(4096);
+    Zone::SIZE.div_ceil(page) * page + 2 * page + SLAB_OVERHEAD
+}
+
 /// This process's zone, set from the current cycle in `init_module` / `init_process`.
 static CURRENT: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
 
@@ -34,7 +43,7 @@ pub fn declare(cf: *mut ngx_conf_t) -> Status {
     let mut name: ngx_str_t = ngx_string!("ngx_http_cf_access");
     // SAFETY: cf is the configuration being parsed; nginx copies the name struct (whose bytes
     // are static) and the tag is this module's address, stable while the module is loaded.
-    let shm = unsafe { ngx_shared_memory_add(cf, &mut name, Zone::SIZE + SLAB_OVERHEAD, tag()) };
+    let shm = unsafe { ngx_shared_memory_add(cf, &mut name, zone_size(), tag()) };
     if shm.is_null() {
         return Status::NGX_ERROR;
     }
@@ -66,13 +75,20 @@ unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, data: *mut c_void)
     let Some(zone) = (unsafe { Zone::attach(base, Zone::SIZE) }) else {
         return Status::NGX_ERROR.into();
     };
-    zone.init();
+    // A zone set up anew starts its `seq` numbers at the wall clock, so they never repeat
+    // one a process may hold from an earlier zone.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    zone.init(seed);
     shm_zone.data = base.cast();
     Status::NGX_OK.into()
 }
 
-/// Finds this module's zone in `cycle` and makes it the process's current one.
+/// Finds this module's zone in `cycle` and makes it the process's current one (none, when
+/// the configuration declares no zone: a zone of an earlier cycle may be gone).
 pub fn attach(cycle: &ngx_cycle_t) -> Option<Zone> {
+    CURRENT.store(ptr::null_mut(), Ordering::Release);
     let mut part: *const ngx_list_part_t = &cycle.shared_memory.part;
     while !part.is_null() {
         // SAFETY: the cycle's shared memory list is valid: each part holds nelts zones.
@@ -97,7 +113,7 @@ pub fn current() -> Option<Zone> {
     if base.is_null() {
         return None;
     }
-    // SAFETY: `base` came from a cycle's zone data (set up by init_zone); nginx keeps the
-    // mapping for the life of the process that attached it.
+    // SAFETY: `base` came from the current cycle's zone data (set up by init_zone); the
+    // mapping lives as long as that cycle, and `attach` replaces it for the next one.
     unsafe { Zone::attach(base, Zone::SIZE) }
 }

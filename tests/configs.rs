@@ -57,6 +57,24 @@ fn examples() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         ),
         ("access-log.conf", vec![]),
         ("metrics.conf", vec![("METRICS_PORT", "127.0.0.1:{PORT2}")]),
+        (
+            "authorization.conf",
+            vec![
+                listen,
+                team,
+                ("CF_ACCESS_AUD", AUD),
+                ("EMAIL_DOMAIN", r"example\.com"),
+                ("UPSTREAM", ECHO),
+            ],
+        ),
+        (
+            "per-user-limit.conf",
+            vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)],
+        ),
+        (
+            "report.conf",
+            vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)],
+        ),
     ]
 }
 
@@ -377,6 +395,85 @@ fn access_log_shows_identity_and_verdict() {
         "missing {missing:?} in {}:\n{log}",
         log_path.display()
     );
+}
+
+#[test]
+fn authorization_example_applies_its_rules() {
+    let key = KeyPair::generate();
+    let certs = CertsServer::start_with_keys(&[&key]);
+    let nginx = builder(&certs, &["authorization.conf"]).start();
+    let alice = token_for(&key, AUD, "alice@example.com");
+    let mut finance = user_claims(TEAM, AUD, "bob@example.com", now(), 600);
+    finance["custom"] = json!({"groups": ["eng", "finance"]});
+    let finance = mint(&key, &finance);
+    let outsider = token_for(&key, AUD, "eve@example.org");
+    let service = mint(&key, &service_claims(TEAM, AUD, "svc.access", now(), 600));
+    let status = |path: &str, t: &str| get(&nginx, path, &[(HDR, t)]).status;
+
+    let r = get(&nginx, "/", &[(HDR, &alice)]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("x_email=alice@example.com"), "{}", r.body);
+    assert_eq!(status("/", &outsider), 403, "another email domain");
+    assert_eq!(status("/", &service), 403, "a service token has no email");
+    assert_eq!(status("/finance/x", &finance), 200);
+    assert_eq!(status("/finance/x", &alice), 401, "not in the group");
+    assert_eq!(status("/api/x", &service), 200);
+    assert_eq!(status("/api/x", &alice), 403, "users are not machines");
+    assert!(nginx.error_log().contains("access denied (not_allowed)"));
+    nginx.assert_clean(&[]);
+}
+
+#[test]
+fn per_user_limit_example_limits_each_user_on_their_own() {
+    let key = KeyPair::generate();
+    let certs = CertsServer::start_with_keys(&[&key]);
+    let nginx = builder(&certs, &["per-user-limit.conf"]).start();
+    let alice = token_for(&key, AUD, "alice@example.com");
+    let bob = token_for(&key, AUD, "bob@example.com");
+    let statuses: Vec<u16> = (0..30)
+        .map(|_| get(&nginx, "/x", &[(HDR, &alice)]).status)
+        .collect();
+    assert_eq!(statuses[0], 200);
+    assert!(
+        statuses.contains(&429),
+        "alice is never limited: {statuses:?}"
+    );
+    assert_eq!(
+        get(&nginx, "/x", &[(HDR, &bob)]).status,
+        200,
+        "bob has a limit of his own"
+    );
+    assert_eq!(get(&nginx, "/x", &[]).status, 403);
+    nginx.assert_clean(&[]);
+}
+
+#[test]
+fn report_example_refuses_nothing_and_logs_every_verdict() {
+    let key = KeyPair::generate();
+    let certs = CertsServer::start_with_keys(&[&key]);
+    let nginx = builder(&certs, &["report.conf"]).start();
+    assert_eq!(get(&nginx, "/none", &[]).status, 200);
+    let r = get(
+        &nginx,
+        "/ok",
+        &[(HDR, &token_for(&key, AUD, "alice@example.com"))],
+    );
+    assert!(r.body.contains("x_email=alice@example.com"), "{}", r.body);
+    let log = nginx.prefix().join("logs/cf-access-report.log");
+    let found = poll_until(Duration::from_secs(3), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("\"GET /none HTTP/1.1\" 200 cf_access=no_token email=\"\"")
+            && text.contains("\"GET /ok HTTP/1.1\" 200 cf_access=ok email=\"alice@example.com\"")
+    });
+    assert!(
+        found,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(nginx
+        .error_log()
+        .contains("cf_access: report: access would be denied (no_token)"));
+    nginx.assert_clean(&[]);
 }
 
 #[test]

@@ -574,3 +574,30 @@ fn a_redirect_from_https_to_http_is_refused() {
     assert_eq!(status(&nginx, &key).0, 200, "{}", nginx.error_log());
     nginx.assert_clean(&[]);
 }
+
+#[test]
+fn a_trickling_answer_cannot_stall_startup_past_the_deadline() {
+    // One byte every 2 ms: each read makes progress, so only a deadline of our own ends it.
+    let trickle = CertsServer::start(Behavior::Trickle {
+        head:
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+                .to_vec(),
+        every_ms: 2,
+    });
+    let started = Instant::now();
+    let nginx = Nginx::builder()
+        .protected_site((TEAM, AUD, &trickle.url()), "", "")
+        .start();
+    let took = started.elapsed();
+    eprintln!("start with a trickling certs endpoint took {took:?}");
+    assert!(took < Duration::from_millis(7500), "startup took {took:?}");
+    assert!(
+        nginx.error_log().contains(&format!(
+            "fetching keys from \"{}\" failed: no complete answer within 5 s",
+            trickle.url()
+        )),
+        "{}",
+        nginx.error_log()
+    );
+    nginx.assert_clean(&[]);
+}

@@ -34,10 +34,9 @@ fn main() {
     let rsa = t.elapsed().as_secs_f64() / n as f64 * 1e6;
 
     let mut cache = TokenCache::new(100);
-    let scope = "https://team.cloudflareaccess.com/cdn-cgi/access/certs";
     let t = Instant::now();
     for _ in 0..n * 10 {
-        assert!(verify_cached(&token, Some(&keys), &policy, now, &mut cache, scope).is_ok());
+        assert!(verify_cached(&token, Some(&keys), &policy, now, &mut cache).is_ok());
     }
     let hit = t.elapsed().as_secs_f64() / (n * 10) as f64 * 1e6;
 

@@ -17,11 +17,13 @@ pub enum Status {
     BadIssuer,
     BadAudience,
     NoKeys,
+    /// The token verified, but a `cf_access_require` rule did not hold.
+    NotAllowed,
 }
 
 impl Status {
     /// Every status, in the order of [`Status::index`].
-    pub const ALL: [Status; 11] = [
+    pub const ALL: [Status; 12] = [
         Status::Ok,
         Status::NoToken,
         Status::Malformed,
@@ -33,6 +35,7 @@ impl Status {
         Status::BadIssuer,
         Status::BadAudience,
         Status::NoKeys,
+        Status::NotAllowed,
     ];
 
     /// A dense index (`Status::ALL[s.index()] == s`), for per-status counters.
@@ -54,6 +57,7 @@ impl Status {
             Status::BadIssuer => "bad_issuer",
             Status::BadAudience => "bad_audience",
             Status::NoKeys => "no_keys",
+            Status::NotAllowed => "not_allowed",
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Finding the token in a request's headers.
 
+use crate::error::VerifyError;
+
 /// The header Cloudflare Access puts the application token in.
 pub const HEADER: &str = "Cf-Access-Jwt-Assertion";
 /// The cookie browsers also carry it in; read only when the header is absent.
@@ -21,26 +23,56 @@ pub fn cookie_value<'a>(cookie_header: &'a [u8], name: &[u8]) -> Option<&'a [u8]
     })
 }
 
-/// Picks the token from the request headers, given as (name, value) pairs in order:
-/// the `Cf-Access-Jwt-Assertion` header when present (a second one makes the request
-/// ambiguous, reported as `Err`), else the first `CF_Authorization` cookie.
-pub fn find_token<'a, I>(headers: I) -> Result<Option<&'a [u8]>, &'static str>
+/// Picks the token from the request headers, given as (name, value) pairs in order: the
+/// `Cf-Access-Jwt-Assertion` header when present, else the `CF_Authorization` cookie. A
+/// request that is ambiguous is malformed: two assertion headers, or (without the header)
+/// two `CF_Authorization` cookies, in one `Cookie` header or in several (an upstream that
+/// takes the last one would see another token than the one verified). A token must be
+/// ASCII (base64url and dots).
+pub fn find_token<'a, I>(headers: I) -> Result<Option<&'a str>, VerifyError>
 where
     I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
 {
     let mut header = None;
     let mut cookie = None;
+    let mut cookies = 0usize;
     for (name, value) in headers {
         if name.eq_ignore_ascii_case(HEADER.as_bytes()) {
             if header.is_some() {
-                return Err("more than one Cf-Access-Jwt-Assertion header");
+                return Err(VerifyError::Malformed(
+                    "more than one Cf-Access-Jwt-Assertion header",
+                ));
             }
             header = Some(value);
-        } else if cookie.is_none() && name.eq_ignore_ascii_case(b"cookie") {
-            cookie = cookie_value(value, COOKIE);
+        } else if name.eq_ignore_ascii_case(b"cookie") {
+            for value in cookie_values(value, COOKIE) {
+                cookies += 1;
+                cookie.get_or_insert(value);
+            }
         }
     }
-    Ok(header.or(cookie))
+    let token = match (header, cookie) {
+        (Some(h), _) => h,
+        (None, Some(_)) if cookies > 1 => {
+            return Err(VerifyError::Malformed(
+                "more than one CF_Authorization cookie",
+            ))
+        }
+        (None, Some(c)) => c,
+        (None, None) => return Ok(None),
+    };
+    if !token.is_ascii() {
+        return Err(VerifyError::Malformed("token has non-ascii bytes"));
+    }
+    // ASCII is UTF-8.
+    Ok(std::str::from_utf8(token).ok())
+}
+
+/// Every value of cookie `name` in one `Cookie` header value.
+fn cookie_values<'a>(cookie_header: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+    cookie_header
+        .split(|b| *b == b';')
+        .filter_map(move |pair| cookie_value(pair, name))
 }
 
 #[cfg(test)]
@@ -70,9 +102,9 @@ mod tests {
             (b"Cookie", b"CF_Authorization=c"),
             (b"cf-access-jwt-assertion", b"h"),
         ];
-        assert_eq!(find_token(h), Ok(Some(&b"h"[..])));
+        assert_eq!(find_token(h), Ok(Some("h")));
         let c: Vec<(&[u8], &[u8])> = vec![(b"Cookie", b"x=1"), (b"Cookie", b"CF_Authorization=c")];
-        assert_eq!(find_token(c), Ok(Some(&b"c"[..])));
+        assert_eq!(find_token(c), Ok(Some("c")));
         let none: Vec<(&[u8], &[u8])> = vec![(b"Host", b"x")];
         assert_eq!(find_token(none), Ok(None));
         let two: Vec<(&[u8], &[u8])> = vec![
@@ -80,5 +112,25 @@ mod tests {
             (b"Cf-Access-Jwt-Assertion", b"b"),
         ];
         assert!(find_token(two).is_err());
+    }
+
+    #[test]
+    fn two_cookies_are_ambiguous_unless_the_header_decides() {
+        let malformed = Err(VerifyError::Malformed(
+            "more than one CF_Authorization cookie",
+        ));
+        let one_header: Vec<(&[u8], &[u8])> =
+            vec![(b"Cookie", b"CF_Authorization=a; x=1; CF_Authorization=b")];
+        assert_eq!(find_token(one_header), malformed);
+        let two_headers: Vec<(&[u8], &[u8])> = vec![
+            (b"Cookie", b"CF_Authorization=a"),
+            (b"Cookie", b"CF_Authorization=b"),
+        ];
+        assert_eq!(find_token(two_headers.clone()), malformed);
+        let mut with_header = two_headers;
+        with_header.push((b"Cf-Access-Jwt-Assertion", b"h"));
+        assert_eq!(find_token(with_header), Ok(Some("h")));
+        let non_ascii: Vec<(&[u8], &[u8])> = vec![(b"Cf-Access-Jwt-Assertion", "é".as_bytes())];
+        assert!(find_token(non_ascii).is_err());
     }
 }

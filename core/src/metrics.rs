@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::zone::{current_pid, process_alive, Zone, ZoneError};
+use crate::zone::{Zone, ZoneError};
 use crate::Status;
 
 /// The state of one certs URL, read from the shared zone.
@@ -92,7 +92,7 @@ pub fn snapshot(
         .collect();
     let mut out = Vec::with_capacity(sources.len());
     for &(slot, url) in sources {
-        let g = zone.lock_with(slot, wait, current_pid(), process_alive)?;
+        let g = zone.lock_within(slot, wait)?;
         let mut k = KeySource {
             url: url.to_string(),
             ..KeySource::default()
@@ -140,7 +140,12 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// A per-certs-URL series: name, type, help, value.
-type Gauge = (&'static str, &'static str, &'static str, fn(&KeySource) -> u64);
+type Gauge = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&KeySource) -> u64,
+);
 
 /// The Prometheus text exposition format (`text/plain; version=0.0.4`).
 pub fn prometheus(s: &Snapshot) -> String {
@@ -324,7 +329,7 @@ mod tests {
         let mut mem = vec![0u64; Zone::SIZE.div_ceil(8)];
         // SAFETY: zeroed, aligned, outlives the zone's use here.
         let zone = unsafe { Zone::attach(mem.as_mut_ptr().cast(), mem.len() * 8) }.unwrap();
-        zone.init();
+        zone.init(0);
         let url = "https://t/certs";
         let slot = zone.assign(&[url]).unwrap()[0];
         {

@@ -2,23 +2,14 @@
 
 use thiserror::Error;
 
+use crate::config::split_http_url as split;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RedirectError {
     #[error("redirect from https to http refused")]
     Downgrade,
     #[error("redirect to an unsupported or invalid location")]
     Invalid,
-}
-
-/// Splits `scheme://authority/path` into its scheme, authority and path (at least "/").
-fn split(url: &str) -> Option<(&str, &str, &str)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    if authority.is_empty() {
-        return None;
-    }
-    Some((scheme, authority, path))
 }
 
 /// The absolute URL a `Location` header sent in answer to `base` points at. Only http and
@@ -39,17 +30,13 @@ pub fn target(base: &str, location: &str) -> Result<String, RedirectError> {
         // Another scheme ("ftp:", "file:", "data:", ...).
         return Err(RedirectError::Invalid);
     } else {
-        let path = path.split(['?', '#']).next().unwrap_or("/");
+        let path = path.split(['?', '#']).next().unwrap_or("");
         let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
         let dir = if dir.is_empty() { "/" } else { dir };
         format!("{scheme}://{authority}{dir}{location}")
     };
     let (new_scheme, _, _) = split(&url).ok_or(RedirectError::Invalid)?;
-    let new_scheme = new_scheme.to_ascii_lowercase();
-    if new_scheme != "http" && new_scheme != "https" {
-        return Err(RedirectError::Invalid);
-    }
-    if scheme.eq_ignore_ascii_case("https") && new_scheme == "http" {
+    if scheme.eq_ignore_ascii_case("https") && new_scheme.eq_ignore_ascii_case("http") {
         return Err(RedirectError::Downgrade);
     }
     Ok(url)

@@ -113,20 +113,34 @@ impl Local {
     }
 }
 
+/// Who is deciding.
+#[derive(Debug, Clone, Copy)]
+pub struct Me {
+    /// This process's id.
+    pub pid: u32,
+    /// Whether this process may fetch: a worker of an older configuration only adopts.
+    pub may_fetch: bool,
+}
+
 /// Decides the next step for one certs URL; may take the lease (then the caller must fetch).
-///
-/// `me` is this process's id; `alive` tells whether the lease holder still exists.
+/// `alive` tells whether the lease holder still exists.
 pub fn decide(
     s: &mut Shared,
     local: &mut Local,
     now: u64,
     interval: Duration,
-    me: u32,
+    me: Me,
     alive: impl Fn(u32) -> bool,
 ) -> Step {
     if s.seq != 0 && s.seq != local.held {
         return Step::Adopt;
     }
+    if !me.may_fetch {
+        return Step::Wait {
+            until: now.saturating_add(ms(POLL)),
+        };
+    }
+    let me = me.pid;
     if local
         .wish
         .is_some_and(|w| s.last_attempt >= w && s.last_attempt != 0)
@@ -244,10 +258,12 @@ pub fn record_failure(
 }
 
 /// A set read from the key cache file, fetched at `fetched_at` (unix seconds). Returns
-/// whether it is newer than what the zone holds (then the caller stores it, and the next
-/// fetch is due at once: a saved set is only a stopgap).
+/// whether the zone has none (then the caller stores it, and the next fetch is due at once:
+/// a saved set is only a stopgap).
 pub fn offer_saved(s: &mut Shared, fetched_at: u64, now: u64) -> bool {
-    if s.seq != 0 && s.fetched_at >= fetched_at {
+    // The zone outlives reloads: a set it holds is the instance's newest, whatever the
+    // wall clock said when either was fetched (it may have been stepped back since).
+    if s.seq != 0 {
         return false;
     }
     s.next_due = s.next_due.min(now);
@@ -273,6 +289,13 @@ mod tests {
     const B: u32 = 200;
     const T0: u64 = 1_000_000;
 
+    fn me(pid: u32) -> Me {
+        Me {
+            pid,
+            may_fetch: true,
+        }
+    }
+
     fn alive(_: u32) -> bool {
         true
     }
@@ -286,7 +309,7 @@ mod tests {
         let mut s = Shared::default();
         let mut l = Local::default();
         assert!(matches!(
-            decide(&mut s, &mut l, T0, HOUR, A, alive),
+            decide(&mut s, &mut l, T0, HOUR, me(A), alive),
             Step::Fetch { started: T0, .. }
         ));
         let (store, event) = record_success(&mut s, T0, true, T0, 1, HOUR, A);
@@ -319,12 +342,12 @@ mod tests {
         let mut s = Shared::default();
         let (mut a, mut b) = (Local::default(), Local::default());
         assert!(matches!(
-            decide(&mut s, &mut a, T0, HOUR, A, alive),
+            decide(&mut s, &mut a, T0, HOUR, me(A), alive),
             Step::Fetch { .. }
         ));
         // B sees the lease and waits (polling), it does not fetch too.
         assert!(matches!(
-            decide(&mut s, &mut b, T0 + 10, HOUR, B, alive),
+            decide(&mut s, &mut b, T0 + 10, HOUR, me(B), alive),
             Step::Wait { until } if until <= T0 + 10 + SEC
         ));
     }
@@ -333,21 +356,21 @@ mod tests {
     fn one_fetch_per_interval_instance_wide() {
         let (mut s, mut a) = settled();
         let mut b = Local::default();
-        assert_eq!(decide(&mut s, &mut b, T0 + 5, HOUR, B, alive), Step::Adopt);
+        assert_eq!(decide(&mut s, &mut b, T0 + 5, HOUR, me(B), alive), Step::Adopt);
         b.adopted(s.seq);
         for (l, who) in [(&mut a, A), (&mut b, B)] {
             assert!(matches!(
-                decide(&mut s, l, T0 + 30 * SEC, HOUR, who, alive),
+                decide(&mut s, l, T0 + 30 * SEC, HOUR, me(who), alive),
                 Step::Wait { .. }
             ));
         }
         let due = T0 + 3600 * SEC;
         assert!(matches!(
-            decide(&mut s, &mut b, due, HOUR, B, alive),
+            decide(&mut s, &mut b, due, HOUR, me(B), alive),
             Step::Fetch { forced: false, .. }
         ));
         assert!(matches!(
-            decide(&mut s, &mut a, due + 1, HOUR, A, alive),
+            decide(&mut s, &mut a, due + 1, HOUR, me(A), alive),
             Step::Wait { .. }
         ));
         let (store, event) = record_success(&mut s, due, false, due + 50, 2, HOUR, B);
@@ -356,7 +379,7 @@ mod tests {
             "same keys: nothing to store"
         );
         assert!(matches!(
-            decide(&mut s, &mut a, due + 60, HOUR, A, alive),
+            decide(&mut s, &mut a, due + 60, HOUR, me(A), alive),
             Step::Wait { .. }
         ));
         assert_eq!(s.fetches_ok, 2);
@@ -367,15 +390,15 @@ mod tests {
     fn a_lease_whose_holder_died_or_expired_is_taken_over() {
         let mut s = Shared::default();
         let (mut a, mut b) = (Local::default(), Local::default());
-        decide(&mut s, &mut a, T0, HOUR, A, alive);
+        decide(&mut s, &mut a, T0, HOUR, me(A), alive);
         assert!(matches!(
-            decide(&mut s, &mut b, T0 + 1, HOUR, B, dead),
+            decide(&mut s, &mut b, T0 + 1, HOUR, me(B), dead),
             Step::Fetch { .. }
         ));
         assert_eq!(s.lease_pid, B);
         let expired = T0 + 1 + ms(LEASE);
         assert!(matches!(
-            decide(&mut s, &mut a, expired, HOUR, A, alive),
+            decide(&mut s, &mut a, expired, HOUR, me(A), alive),
             Step::Fetch { .. }
         ));
         assert_eq!(s.lease_pid, A);
@@ -392,7 +415,7 @@ mod tests {
         a.wish(t);
         b.wish(t + 1);
         assert_eq!(
-            decide(&mut s, &mut a, t, HOUR, A, alive),
+            decide(&mut s, &mut a, t, HOUR, me(A), alive),
             Step::Fetch {
                 started: t,
                 forced: true
@@ -400,7 +423,7 @@ mod tests {
         );
         // B's wish came before A's fetch ended: that fetch answers it.
         assert!(matches!(
-            decide(&mut s, &mut b, t + 2, HOUR, B, alive),
+            decide(&mut s, &mut b, t + 2, HOUR, me(B), alive),
             Step::Wait { .. }
         ));
         record_success(&mut s, t, false, t + 100, 3, HOUR, A);
@@ -409,11 +432,11 @@ mod tests {
         b.wish(t + 200);
         let gap_end = t + ms(FORCED_MIN_GAP);
         assert_eq!(
-            decide(&mut s, &mut b, gap_end - 1, HOUR, B, alive),
+            decide(&mut s, &mut b, gap_end - 1, HOUR, me(B), alive),
             Step::Wait { until: gap_end }
         );
         assert!(matches!(
-            decide(&mut s, &mut b, gap_end, HOUR, B, alive),
+            decide(&mut s, &mut b, gap_end, HOUR, me(B), alive),
             Step::Fetch { forced: true, .. }
         ));
     }
@@ -423,7 +446,7 @@ mod tests {
         let (mut s, mut a) = settled();
         a.wish(T0 + 1);
         assert_eq!(
-            decide(&mut s, &mut a, T0 + 1, HOUR, A, alive),
+            decide(&mut s, &mut a, T0 + 1, HOUR, me(A), alive),
             Step::Fetch {
                 started: T0 + 1,
                 forced: true
@@ -440,15 +463,15 @@ mod tests {
         };
         let t = T0 + 20 * SEC;
         a.wish(t);
-        decide(&mut s, &mut a, t, HOUR, A, alive);
+        decide(&mut s, &mut a, t, HOUR, me(A), alive);
         record_success(&mut s, t, true, t + 100, 3, HOUR, A);
         s.seq = 8;
         // B asked before it saw set 8 (its poll had not come yet).
         b.wish(t - 5);
-        assert_eq!(decide(&mut s, &mut b, t + 150, HOUR, B, alive), Step::Adopt);
+        assert_eq!(decide(&mut s, &mut b, t + 150, HOUR, me(B), alive), Step::Adopt);
         b.adopted(8);
         assert!(matches!(
-            decide(&mut s, &mut b, t + 160, HOUR, B, alive),
+            decide(&mut s, &mut b, t + 160, HOUR, me(B), alive),
             Step::Wait { .. }
         ));
     }
@@ -457,18 +480,18 @@ mod tests {
     fn failures_warn_once_back_off_and_recover() {
         let (mut s, mut a) = settled();
         let due = T0 + 3600 * SEC;
-        decide(&mut s, &mut a, due, HOUR, A, alive);
+        decide(&mut s, &mut a, due, HOUR, me(A), alive);
         assert_eq!(
             record_failure(&mut s, due, HOUR, A, true),
             Event::FirstFailure
         );
         assert_eq!(s.next_due, due + 5 * SEC);
         let t = s.next_due;
-        decide(&mut s, &mut a, t, HOUR, A, alive);
+        decide(&mut s, &mut a, t, HOUR, me(A), alive);
         assert_eq!(record_failure(&mut s, t, HOUR, A, true), Event::Quiet);
         assert_eq!(s.next_due, t + 10 * SEC);
         let t = s.next_due;
-        decide(&mut s, &mut a, t, HOUR, A, alive);
+        decide(&mut s, &mut a, t, HOUR, me(A), alive);
         let (store, event) = record_success(&mut s, t, false, t, 9, HOUR, A);
         assert_eq!((store, event), (false, Event::Recovered));
         assert_eq!((s.failures, s.fetches_err), (0, 2));
@@ -478,12 +501,12 @@ mod tests {
     fn the_masters_failure_leaves_the_warning_to_a_worker() {
         let mut s = Shared::default();
         let mut m = Local::default();
-        decide(&mut s, &mut m, T0, HOUR, A, alive);
+        decide(&mut s, &mut m, T0, HOUR, me(A), alive);
         assert_eq!(record_failure(&mut s, T0, HOUR, A, false), Event::Quiet);
         let mut w = Local::default();
         let t = s.next_due;
         assert!(matches!(
-            decide(&mut s, &mut w, t, HOUR, B, alive),
+            decide(&mut s, &mut w, t, HOUR, me(B), alive),
             Step::Fetch { .. }
         ));
         assert_eq!(
@@ -503,15 +526,29 @@ mod tests {
     }
 
     #[test]
-    fn a_saved_set_is_used_only_when_newer() {
+    fn a_saved_set_is_used_only_when_the_zone_has_none() {
         let mut s = Shared::default();
         assert!(offer_saved(&mut s, 100, T0));
+        assert_eq!((s.fetched_at, s.next_due), (100, 0));
         s.seq = 1;
         s.next_due = T0 + 3600 * SEC;
         assert!(!offer_saved(&mut s, 50, T0), "older than the zone's");
+        assert!(!offer_saved(&mut s, 200, T0), "even with a later (wall-clock) time");
         assert_eq!(s.next_due, T0 + 3600 * SEC, "the schedule is left alone");
-        assert!(offer_saved(&mut s, 200, T0));
-        assert_eq!((s.fetched_at, s.next_due), (200, T0));
+    }
+
+    #[test]
+    fn a_worker_of_an_old_configuration_adopts_but_never_fetches() {
+        let (mut s, mut a) = settled();
+        let old = Me {
+            pid: A,
+            may_fetch: false,
+        };
+        a.wish(T0 + 1);
+        let due = T0 + 3600 * SEC;
+        assert!(matches!(decide(&mut s, &mut a, due, HOUR, old, alive), Step::Wait { .. }));
+        s.seq = 8;
+        assert_eq!(decide(&mut s, &mut a, due, HOUR, old, alive), Step::Adopt);
     }
 
     #[test]
@@ -519,12 +556,12 @@ mod tests {
         let mut s = Shared::default();
         let mut l = Local::default();
         let short = Duration::from_secs(1);
-        decide(&mut s, &mut l, T0, short, A, alive);
+        decide(&mut s, &mut l, T0, short, me(A), alive);
         // The fetch took 5 s (a timeout) before it failed.
         let failed = T0 + 5 * SEC;
         record_failure(&mut s, failed, short, A, true);
         assert_eq!(
-            decide(&mut s, &mut l, failed + 1, short, A, alive),
+            decide(&mut s, &mut l, failed + 1, short, me(A), alive),
             Step::Wait {
                 until: failed + SEC
             }
@@ -536,7 +573,7 @@ mod tests {
         let (mut s, mut a) = settled();
         let short = Duration::from_secs(1);
         assert!(matches!(
-            decide(&mut s, &mut a, T0 + 2 * SEC, short, A, alive),
+            decide(&mut s, &mut a, T0 + 2 * SEC, short, me(A), alive),
             Step::Fetch { forced: false, .. }
         ));
     }

@@ -57,15 +57,21 @@ pub fn from_json_object<T: serde::de::DeserializeOwned>(json: &[u8]) -> Option<T
     serde_json::from_slice(json).ok()
 }
 
+/// The size limit, checked before anything else is done with a token.
+pub fn check_len(token: &str) -> Result<(), VerifyError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(VerifyError::TooLarge(token.len()));
+    }
+    Ok(())
+}
+
 /// Splits `token` and checks its header. Any shape problem is `Malformed`; an algorithm
 /// other than exactly `RS256` is `BadAlg`.
 pub fn parse(token: &str) -> Result<Token<'_>, VerifyError> {
     if token.is_empty() {
         return Err(VerifyError::NoToken);
     }
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(VerifyError::TooLarge(token.len()));
-    }
+    check_len(token)?;
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())

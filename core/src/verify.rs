@@ -1,12 +1,14 @@
 //! The whole check of one token, in an order that never acts on unverified data:
 //! size and shape, header (RS256 only), key by `kid`, signature, then claims.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use crate::cache::TokenCache;
+use serde_json::{Map, Value};
+
 use crate::error::VerifyError;
 use crate::jwks::KeySet;
 use crate::policy::{Claims, Policy};
+use crate::sanitize::header_safe_owned;
 use crate::token;
 
 /// Who a verified token says the caller is. Values are safe to put in a header: control
@@ -26,26 +28,46 @@ pub struct Identity {
 }
 
 /// A token whose signature verified: what it says, and what is needed to re-check it later.
+/// The identity is taken out of the claims once (not kept twice); the other claims are
+/// parsed at most once, when a `$cf_access_claim_*` variable first asks.
 #[derive(Debug)]
 pub struct Verified {
     pub identity: Identity,
+    /// The claims the policy checks (the identity claims are moved to `identity`).
     pub claims: Claims,
-    /// The payload as signed (JSON), for `$cf_access_claim_*` lookups.
-    pub payload: Box<str>,
+    /// The token as received: the verified-token cache's key, and where the payload is
+    /// read from when a `$cf_access_claim_*` variable first asks.
+    token: Arc<str>,
+    claims_map: OnceLock<Map<String, Value>>,
     /// The key that verified it (`kid` and its key's fingerprint).
     pub kid: String,
     pub key_fingerprint: [u8; 32],
 }
 
-fn header_safe(value: Option<String>) -> String {
-    let mut value = value.unwrap_or_default();
-    if value.chars().any(char::is_control) {
-        value = value
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
+impl Verified {
+    /// The token as received.
+    pub fn token(&self) -> &Arc<str> {
+        &self.token
     }
-    value
+
+    /// The payload as signed (JSON; it was checked to be UTF-8 when the token verified).
+    pub fn payload(&self) -> String {
+        let segment = self.token.split('.').nth(1).unwrap_or("");
+        token::decode_segment(segment)
+            .ok()
+            .and_then(|p| String::from_utf8(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// Every claim of the payload, parsed on first use.
+    pub fn claims_map(&self) -> &Map<String, Value> {
+        self.claims_map
+            .get_or_init(|| crate::claim::parse(&self.payload()))
+    }
+}
+
+fn identity_value(value: Option<String>) -> String {
+    header_safe_owned(value.unwrap_or_default())
 }
 
 /// Checks the signature of `token` with `keys` (None: no key set loaded yet). Claims are
@@ -59,23 +81,24 @@ pub fn verify_signature(token: &str, keys: Option<&KeySet>) -> Result<Verified, 
         return Err(VerifyError::BadSignature);
     }
     let payload = token::decode_segment(parsed.payload)?;
-    let claims: Claims = token::from_json_object(&payload).ok_or(VerifyError::Malformed(
+    let mut claims: Claims = token::from_json_object(&payload).ok_or(VerifyError::Malformed(
         "payload is not a json object with claims of the expected types",
     ))?;
     let identity = Identity {
-        email: header_safe(claims.email.clone()),
-        sub: header_safe(claims.sub.clone()),
-        common_name: header_safe(claims.common_name.clone()),
-        identity_nonce: header_safe(claims.identity_nonce.clone()),
-        country: header_safe(claims.country.clone()),
+        email: identity_value(claims.email.take()),
+        sub: identity_value(claims.sub.take()),
+        common_name: identity_value(claims.common_name.take()),
+        identity_nonce: identity_value(claims.identity_nonce.take()),
+        country: identity_value(claims.country.take()),
     };
-    let payload = String::from_utf8(payload)
-        .map_err(|_| VerifyError::Malformed("payload is not utf-8"))?
-        .into_boxed_str();
+    if std::str::from_utf8(&payload).is_err() {
+        return Err(VerifyError::Malformed("payload is not utf-8"));
+    }
     Ok(Verified {
         identity,
         claims,
-        payload,
+        token: Arc::from(token),
+        claims_map: OnceLock::new(),
         kid: key.kid.clone(),
         key_fingerprint: key.fingerprint,
     })
@@ -93,77 +116,12 @@ pub fn verify(
     Ok(verified)
 }
 
-/// [`verify`] through `cache`: a token verified before (against the same `scope`, the
-/// certs URL) skips parsing and RSA, but its claims are checked against `policy` at `now`
-/// and its key must still be in `keys`.
-pub fn verify_cached(
-    token: &str,
-    keys: Option<&KeySet>,
-    policy: &Policy,
-    now: i64,
-    cache: &mut TokenCache,
-    scope: &str,
-) -> Result<Arc<Verified>, VerifyError> {
-    if !cache.enabled() {
-        return verify(token, keys, policy, now).map(Arc::new);
-    }
-    if token.len() > token::MAX_TOKEN_LEN {
-        return Err(VerifyError::TooLarge(token.len()));
-    }
-    let key = TokenCache::key(scope, token);
-    if let Some(hit) = cache.get(&key) {
-        let keys = keys.ok_or(VerifyError::NoKeys)?;
-        let same_key = keys
-            .get(&hit.kid)
-            .is_some_and(|k| k.fingerprint == hit.key_fingerprint);
-        if same_key {
-            return match policy.check(&hit.claims, now) {
-                Ok(()) => Ok(hit),
-                Err(e) => {
-                    if e == VerifyError::Expired {
-                        cache.remove(&key);
-                    }
-                    Err(e)
-                }
-            };
-        }
-        // The key is gone (or changed): verify from scratch.
-        cache.remove(&key);
-    }
-    let verified = Arc::new(verify_signature(token, keys)?);
-    policy.check(&verified.claims, now)?;
-    cache.insert(key, verified.clone());
-    Ok(verified)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cf_access_dev::{certs_json, mint, sign_raw, user_claims, KeyPair};
+    use crate::fixtures::{keys, policy, set, token, NOW};
+    use cf_access_dev::sign_raw;
     use serde_json::json;
-    use std::sync::OnceLock;
-
-    const TEAM: &str = "team.cloudflareaccess.com";
-    const NOW: i64 = 1_800_000_000;
-
-    fn keys() -> &'static (KeyPair, KeyPair) {
-        static KEYS: OnceLock<(KeyPair, KeyPair)> = OnceLock::new();
-        KEYS.get_or_init(|| (KeyPair::generate(), KeyPair::generate()))
-    }
-
-    fn set(keys: &[&KeyPair]) -> KeySet {
-        KeySet::from_certs_json(certs_json(keys).as_bytes()).unwrap()
-    }
-
-    fn policy() -> Policy {
-        Policy::new(TEAM, vec!["aud".into()], 60)
-    }
-
-    fn token(key: &KeyPair, patch: impl FnOnce(&mut serde_json::Value)) -> String {
-        let mut claims = user_claims(TEAM, "aud", "a@example.com", NOW, 600);
-        patch(&mut claims);
-        mint(key, &claims)
-    }
 
     #[test]
     fn verifies_and_reports_identity() {
@@ -171,7 +129,12 @@ mod tests {
         let v = verify(&token(k, |_| {}), Some(&set(&[k])), &policy(), NOW).unwrap();
         assert_eq!(v.identity.email, "a@example.com");
         assert_eq!(v.kid, k.kid());
-        assert!(v.payload.contains("a@example.com"));
+        assert!(v.payload().contains("a@example.com"));
+        assert!(
+            v.claims.email.is_none(),
+            "the identity is kept once, in `identity`"
+        );
+        assert_eq!(v.claims_map()["email"], "a@example.com");
     }
 
     #[test]
@@ -208,67 +171,5 @@ mod tests {
         let t = token(k, |c| c["email"] = "a@b.c\r\nX-Injected: 1".into());
         let v = verify(&t, Some(&set(&[k])), &policy(), NOW).unwrap();
         assert_eq!(v.identity.email, "a@b.c  X-Injected: 1");
-    }
-
-    #[test]
-    fn cache_hits_still_check_time_policy_and_key() {
-        let (k, other) = keys();
-        let both = set(&[k, other]);
-        let mut cache = TokenCache::new(10);
-        let t = token(k, |_| {});
-        let scope = "https://team.cloudflareaccess.com/cdn-cgi/access/certs";
-        assert!(verify_cached(&t, Some(&both), &policy(), NOW, &mut cache, scope).is_ok());
-        assert_eq!(cache.len(), 1);
-        // A hit.
-        assert!(verify_cached(&t, Some(&both), &policy(), NOW, &mut cache, scope).is_ok());
-        assert_eq!(cache.len(), 1);
-        // Another location's audience.
-        let other_app = Policy::new(TEAM, vec!["other".into()], 60);
-        assert_eq!(
-            verify_cached(&t, Some(&both), &other_app, NOW, &mut cache, scope).unwrap_err(),
-            VerifyError::BadAudience
-        );
-        // Another team.
-        let other_team = Policy::new("x.cloudflareaccess.com", vec!["aud".into()], 60);
-        assert_eq!(
-            verify_cached(&t, Some(&both), &other_team, NOW, &mut cache, scope).unwrap_err(),
-            VerifyError::BadIssuer
-        );
-        // Time passes.
-        assert_eq!(
-            verify_cached(&t, Some(&both), &policy(), NOW + 3600, &mut cache, scope).unwrap_err(),
-            VerifyError::Expired
-        );
-        assert_eq!(cache.len(), 0, "expired entries are dropped");
-        // The key leaves the key set.
-        assert!(verify_cached(&t, Some(&both), &policy(), NOW, &mut cache, scope).is_ok());
-        assert_eq!(
-            verify_cached(&t, Some(&set(&[other])), &policy(), NOW, &mut cache, scope).unwrap_err(),
-            VerifyError::UnknownKid
-        );
-        assert_eq!(
-            verify_cached(&t, None, &policy(), NOW, &mut cache, scope).unwrap_err(),
-            VerifyError::NoKeys
-        );
-    }
-
-    #[test]
-    fn cache_only_keeps_good_tokens_and_is_bounded() {
-        let (k, _) = keys();
-        let ks = set(&[k]);
-        let mut cache = TokenCache::new(2);
-        let bad = token(k, |c| c["aud"] = json!(["nope"]));
-        assert!(verify_cached(&bad, Some(&ks), &policy(), NOW, &mut cache, "s").is_err());
-        assert!(verify_cached("x.y.z", Some(&ks), &policy(), NOW, &mut cache, "s").is_err());
-        assert!(cache.is_empty());
-        for i in 0..5 {
-            let t = token(k, |c| c["sub"] = format!("user-{i}").into());
-            assert!(verify_cached(&t, Some(&ks), &policy(), NOW, &mut cache, "s").is_ok());
-        }
-        assert_eq!(cache.len(), 2);
-        let mut off = TokenCache::new(0);
-        let t = token(k, |_| {});
-        assert!(verify_cached(&t, Some(&ks), &policy(), NOW, &mut off, "s").is_ok());
-        assert!(off.is_empty());
     }
 }

@@ -3,16 +3,18 @@
 //! nginx maps the zone before it forks and keeps it across reloads; this module only sees
 //! the bytes. The zone holds one [`Slot`] per certs URL: the URL, its [`Shared`] refresh
 //! state, the newest key set (as the canonical certs JSON of [`crate::KeySet`]) and the
-//! last fetch error. Every slot has its own lock, a word holding the owner's process id:
-//! critical sections are a few copies long, a lock whose owner died is taken over, and a
-//! lock that cannot be had within a bound is reported instead of waited on forever. Nothing
-//! here calls nginx, so the refresher thread may use it.
+//! last fetch error. Every slot has its own lock, a process-shared robust pthread mutex:
+//! critical sections are a few copies long; when a holder dies (a worker killed mid-copy)
+//! the next one gets the lock and, if the slot was being written, finds it emptied rather
+//! than torn (the set is fetched again); a lock that cannot be had within a bound is
+//! reported instead of waited on forever. Nothing here calls nginx, so the refresher thread
+//! may use it.
 
 use std::cell::UnsafeCell;
 use std::mem::{align_of, size_of};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -28,7 +30,7 @@ pub const BODY_CAP: usize = 64 * 1024;
 pub const ERROR_CAP: usize = 240;
 
 /// "cfaccess" + layout version: a zone from another layout is set up anew.
-const MAGIC: u64 = 0x6366_6163_6365_0002;
+const MAGIC: u64 = 0x6366_6163_6365_0003;
 
 /// Room for per-status request counters (more than there are statuses).
 pub const STATUS_SLOTS: usize = 16;
@@ -38,6 +40,9 @@ struct Layout {
     magic: AtomicU64,
     /// The last `seq` handed out; every stored set gets a new one.
     last_seq: AtomicU64,
+    /// Bumped by the master at every start and reload: workers of an older configuration
+    /// (shutting down gracefully) adopt sets but no longer fetch.
+    generation: AtomicU64,
     counters: Counters,
     slots: [Slot; MAX_URLS],
 }
@@ -53,13 +58,18 @@ pub struct Counters {
 
 #[repr(C)]
 struct Slot {
-    /// 0: free; else the pid of the process holding the lock.
-    lock: AtomicU32,
+    /// Process-shared, robust; set up by [`Zone::init`].
+    lock: UnsafeCell<libc::pthread_mutex_t>,
+    /// The `seq` of the stored set, readable without the lock: the request path compares
+    /// it with its own to wake its refresher at once when another process stored a newer set.
+    published: AtomicU64,
     data: UnsafeCell<SlotData>,
 }
 
 #[repr(C)]
 struct SlotData {
+    /// 1 while the body or URL is being copied: a holder that dies then leaves it torn.
+    writing: u32,
     state: Shared,
     url_len: u32,
     body_len: u32,
@@ -79,8 +89,10 @@ pub enum ZoneError {
     UrlTooLong,
     #[error("key set of {0} bytes is larger than the shared zone's {BODY_CAP}")]
     BodyTooLarge(usize),
-    #[error("the shared zone stayed locked by process {0}")]
-    Busy(u32),
+    #[error("the shared zone stayed locked for {} s", LOCK_WAIT.as_secs())]
+    Busy,
+    #[error("the shared zone's lock is unusable ({0})")]
+    Lock(i32),
 }
 
 /// The zone, attached to memory nginx mapped (or any memory the tests provide).
@@ -101,14 +113,26 @@ const _: () = assert!(Zone::SIZE < 2 * 1024 * 1024);
 /// How long a lock is waited for before the caller is told the zone is busy.
 pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
-/// Whether process `pid` exists (a lock or lease holder that does not is gone for good).
+/// Whether process `pid` exists and has not exited (a lease holder that does not is gone
+/// for good; an exited, not yet reaped worker is a zombie and counts as gone).
 pub fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
+    let Ok(pid_t) = libc::pid_t::try_from(pid) else {
         return false;
     };
     // SAFETY: kill with signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let rc = unsafe { libc::kill(pid_t, 0) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    // "pid (comm) S ...": the state follows the last ')'.
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|state| state == "Z" || state == "X")
+        })
+        .unwrap_or(false);
+    !zombie
 }
 
 /// This process's id.
@@ -142,29 +166,54 @@ impl Zone {
     }
 
     /// Sets the zone up unless it already holds this layout (a reload keeps it). Call once,
-    /// in the master, before any process uses it. Returns whether it was set up anew.
-    pub fn init(&self) -> bool {
+    /// in the master, before any process uses it. `seed` starts the `seq` numbers (e.g. the
+    /// wall clock in nanoseconds), so that a zone created anew never repeats a `seq` a
+    /// process may still hold from an earlier one. Returns whether it was set up anew.
+    pub fn init(&self, seed: u64) -> bool {
         let layout = self.layout();
         if layout.magic.load(Ordering::Acquire) == MAGIC {
             return false;
         }
         for slot in &layout.slots {
-            slot.lock.store(0, Ordering::Relaxed);
-            // SAFETY: no other process uses the zone yet (see above); the data is plain.
+            // SAFETY: no other process or thread uses the zone yet (see above): the mutex
+            // is initialized in place, process-shared and robust, before anyone locks it.
+            unsafe { init_mutex(slot.lock.get()) };
+            // SAFETY: as above; the data is plain.
             let data = unsafe { &mut *slot.data.get() };
+            data.writing = 0;
+            slot.published.store(0, Ordering::Relaxed);
             data.state = Shared::default();
             data.url_len = 0;
             data.body_len = 0;
             data.key_count = 0;
             data.error_len = 0;
         }
-        layout.last_seq.store(0, Ordering::Relaxed);
+        layout.last_seq.store(seed, Ordering::Relaxed);
+        layout.generation.store(0, Ordering::Relaxed);
         let c = &layout.counters;
         for n in c.requests.iter().chain([&c.cache_hits, &c.cache_misses]) {
             n.store(0, Ordering::Relaxed);
         }
         layout.magic.store(MAGIC, Ordering::Release);
         true
+    }
+
+    /// A new configuration generation (the master, at every start and reload).
+    pub fn next_generation(&self) -> u64 {
+        self.layout().generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The current configuration generation.
+    pub fn generation(&self) -> u64 {
+        self.layout().generation.load(Ordering::Acquire)
+    }
+
+    /// The `seq` of the set slot `index` holds (0: none, or no such slot), lock-free.
+    pub fn published(&self, index: usize) -> u64 {
+        self.layout()
+            .slots
+            .get(index)
+            .map_or(0, |s| s.published.load(Ordering::Acquire))
     }
 
     /// The instance-wide counters (lock-free).
@@ -179,50 +228,40 @@ impl Zone {
 
     /// Locks slot `index`, waiting at most [`LOCK_WAIT`].
     pub fn lock(&self, index: usize) -> Result<SlotGuard<'_>, ZoneError> {
-        self.lock_with(index, LOCK_WAIT, current_pid(), process_alive)
+        self.lock_within(index, LOCK_WAIT)
     }
 
-    /// [`Zone::lock`] with the wait, the caller's id and the liveness check given.
-    pub fn lock_with(
-        &self,
-        index: usize,
-        wait: Duration,
-        me: u32,
-        alive: impl Fn(u32) -> bool,
-    ) -> Result<SlotGuard<'_>, ZoneError> {
+    /// Locks slot `index`, waiting at most `wait`.
+    pub fn lock_within(&self, index: usize, wait: Duration) -> Result<SlotGuard<'_>, ZoneError> {
         let slot = self
             .layout()
             .slots
             .get(index)
             .ok_or(ZoneError::TooManyUrls)?;
-        let started = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            let owner =
-                match slot
-                    .lock
-                    .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-                {
-                    Ok(_) => break,
-                    Err(owner) => owner,
-                };
-            if owner != me
-                && !alive(owner)
-                && slot
-                    .lock
-                    .compare_exchange(owner, me, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                break;
+        let until = realtime_after(wait);
+        // SAFETY: the mutex was initialized by `init` (process-shared, robust) and lives in
+        // the zone for as long as `self` may be used.
+        let rc = unsafe { libc::pthread_mutex_timedlock(slot.lock.get(), &until) };
+        match rc {
+            0 => {}
+            libc::EOWNERDEAD => {
+                // The holder died holding it. The lock is ours; make it usable again, and
+                // forget a body it may have left half-copied.
+                // SAFETY: we hold the mutex (EOWNERDEAD hands it over).
+                unsafe { libc::pthread_mutex_consistent(slot.lock.get()) };
+                // SAFETY: we hold the lock, so no one else touches the data.
+                let data = unsafe { &mut *slot.data.get() };
+                if data.writing != 0 {
+                    data.writing = 0;
+                    data.body_len = 0;
+                    data.key_count = 0;
+                    data.state.seq = 0;
+                    data.state.next_due = 0;
+                    slot.published.store(0, Ordering::Release);
+                }
             }
-            spins += 1;
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else if started.elapsed() >= wait {
-                return Err(ZoneError::Busy(owner));
-            } else {
-                std::thread::sleep(Duration::from_micros(200));
-            }
+            libc::ETIMEDOUT => return Err(ZoneError::Busy),
+            e => return Err(ZoneError::Lock(e)),
         }
         Ok(SlotGuard {
             slot,
@@ -275,7 +314,40 @@ pub struct SlotGuard<'a> {
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        self.slot.lock.store(0, Ordering::Release);
+        // SAFETY: this guard holds the mutex.
+        unsafe { libc::pthread_mutex_unlock(self.slot.lock.get()) };
+    }
+}
+
+/// Sets up a process-shared, robust mutex in place.
+///
+/// # Safety
+/// `m` must be valid for writes and not in use by anyone.
+unsafe fn init_mutex(m: *mut libc::pthread_mutex_t) {
+    let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+    // SAFETY: attr is initialized by pthread_mutexattr_init before it is used; `m` is
+    // valid (the caller's contract). These calls only fail on invalid arguments.
+    unsafe {
+        libc::pthread_mutexattr_init(attr.as_mut_ptr());
+        libc::pthread_mutexattr_setpshared(attr.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED);
+        libc::pthread_mutexattr_setrobust(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ROBUST);
+        libc::pthread_mutex_init(m, attr.as_ptr());
+        libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
+    }
+}
+
+/// CLOCK_REALTIME `wait` from now, as pthread_mutex_timedlock wants it.
+fn realtime_after(wait: Duration) -> libc::timespec {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    let nanos = now.tv_nsec as u64 + u64::from(wait.subsec_nanos());
+    libc::timespec {
+        tv_sec: now.tv_sec + wait.as_secs() as libc::time_t + (nanos / 1_000_000_000) as libc::time_t,
+        tv_nsec: (nanos % 1_000_000_000) as _,
     }
 }
 
@@ -308,10 +380,13 @@ impl SlotGuard<'_> {
         if body.len() > BODY_CAP {
             return Err(ZoneError::BodyTooLarge(body.len()));
         }
+        self.data.writing = 1;
         self.data.body[..body.len()].copy_from_slice(body);
         self.data.body_len = body.len() as u32;
         self.data.key_count = u32::try_from(keys).unwrap_or(u32::MAX);
         self.data.state.seq = seq;
+        self.data.writing = 0;
+        self.slot.published.store(seq, Ordering::Release);
         Ok(())
     }
 
@@ -338,12 +413,24 @@ impl SlotGuard<'_> {
 
     /// Gives this slot to `url`, forgetting what it held.
     fn claim(&mut self, url: &str) {
+        self.data.writing = 1;
         self.data.url[..url.len()].copy_from_slice(url.as_bytes());
         self.data.url_len = url.len() as u32;
         self.data.state = Shared::default();
         self.data.body_len = 0;
         self.data.key_count = 0;
         self.data.error_len = 0;
+        self.data.writing = 0;
+        self.slot.published.store(0, Ordering::Release);
+    }
+
+    /// Forgets the stored set so that it is fetched again (it could not be read).
+    pub fn discard_body(&mut self) {
+        self.data.body_len = 0;
+        self.data.key_count = 0;
+        self.data.state.seq = 0;
+        self.data.state.next_due = 0;
+        self.slot.published.store(0, Ordering::Release);
     }
 }
 
@@ -381,23 +468,25 @@ mod tests {
     fn init_keeps_a_zone_that_is_already_set_up() {
         let mut m = Memory::new();
         let z = m.zone();
-        assert!(z.init());
+        assert!(z.init(0));
         let i = z.assign(&["https://a/certs"]).unwrap()[0];
         let seq = z.next_seq();
         z.lock(i).unwrap().set_body(b"{}", 0, seq).unwrap();
-        assert!(!z.init(), "a reload keeps the zone");
+        assert!(!z.init(0), "a reload keeps the zone");
         let g = z.lock(i).unwrap();
         assert_eq!(
             (g.url(), g.body(), g.state().seq),
             ("https://a/certs", &b"{}"[..], seq)
         );
+        assert_eq!(z.published(i), seq, "readable without the lock");
+        assert_eq!(z.published(MAX_URLS), 0);
     }
 
     #[test]
     fn assign_finds_claims_and_reclaims() {
         let mut m = Memory::new();
         let z = m.zone();
-        z.init();
+        z.init(0);
         let urls: Vec<String> = (0..MAX_URLS)
             .map(|i| format!("https://t{i}/certs"))
             .collect();
@@ -431,7 +520,7 @@ mod tests {
     fn bodies_and_errors_are_bounded() {
         let mut m = Memory::new();
         let z = m.zone();
-        z.init();
+        z.init(0);
         let mut g = z.lock(0).unwrap();
         assert_eq!(
             g.set_body(&vec![b' '; BODY_CAP + 1], 1, 1),
@@ -445,7 +534,7 @@ mod tests {
     fn a_lock_is_exclusive_across_threads() {
         let mut m = Memory::new();
         let z = m.zone();
-        z.init();
+        z.init(0);
         let counter = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..4)
             .map(|_| {
@@ -469,18 +558,53 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_owner_loses_the_lock_and_a_live_one_makes_us_give_up() {
+    fn a_dead_holder_hands_the_lock_over_and_a_torn_body_is_dropped() {
         let mut m = Memory::new();
         let z = m.zone();
-        z.init();
-        let held = z.lock_with(0, LOCK_WAIT, 4242, |_| true).unwrap();
-        std::mem::forget(held); // the "process" 4242 dies holding the lock
-        let wait = Duration::from_millis(50);
-        assert_eq!(
-            z.lock_with(0, wait, 1, |_| true).err(),
-            Some(ZoneError::Busy(4242))
-        );
-        assert!(z.lock_with(0, wait, 1, |pid| pid != 4242).is_ok());
+        z.init(0);
+        let i = z.assign(&["https://t/certs"]).unwrap()[0];
+        z.lock(i).unwrap().set_body(b"{}", 1, z.next_seq()).unwrap();
+        // A holder that dies (here a thread that exits) with the lock, mid-copy.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let g = z.lock(i).unwrap();
+                g.data.writing = 1;
+                std::mem::forget(g);
+            });
+        });
+        let g = z.lock_within(i, Duration::from_millis(500)).unwrap();
+        assert_eq!((g.state().seq, g.body()), (0, &b""[..]), "a torn body is forgotten");
+        assert_eq!(g.url(), "https://t/certs");
+        drop(g);
+        // A holder that dies after a complete copy leaves the slot as it was.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut g = z.lock(i).unwrap();
+                g.set_body(b"{}", 1, 9).unwrap();
+                std::mem::forget(g);
+            });
+        });
+        assert_eq!(z.lock(i).unwrap().state().seq, 9);
+    }
+
+    #[test]
+    fn a_live_holder_makes_us_give_up_in_time() {
+        let mut m = Memory::new();
+        let z = m.zone();
+        z.init(0);
+        let held = z.lock(0).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let started = std::time::Instant::now();
+                assert_eq!(
+                    z.lock_within(0, Duration::from_millis(100)).err(),
+                    Some(ZoneError::Busy)
+                );
+                assert!(started.elapsed() < Duration::from_secs(1));
+            });
+        });
+        drop(held);
+        assert!(z.lock(0).is_ok());
         assert!(!process_alive(u32::MAX));
         assert!(process_alive(current_pid()));
     }

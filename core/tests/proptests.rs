@@ -337,8 +337,8 @@ proptest! {
                 let want = policy().check(&c, NOW);
                 prop_assert_eq!(got.as_ref().map(|_| ()).map_err(Clone::clone), want.clone(), "{}", payload);
                 if let Ok(v) = got {
-                    prop_assert_eq!(v.kid, KID);
-                    prop_assert_eq!(&*v.payload, payload.as_str());
+                    prop_assert_eq!(&v.kid, KID);
+                    prop_assert_eq!(v.payload(), payload.clone());
                     prop_assert_eq!(v.claims.exp, c.exp);
                     prop_assert_eq!(v.identity.email, header_safe(&c.email));
                     prop_assert_eq!(v.identity.sub, header_safe(&c.sub));
@@ -602,13 +602,13 @@ proptest! {
         let mut h: Vec<(&[u8], &[u8])> = before.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
         h.push((name.as_bytes(), tok.as_bytes()));
         h.extend(after.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
-        prop_assert_eq!(find_token(h.clone()), Ok(Some(tok.as_bytes())));
+        prop_assert_eq!(find_token(h.clone()), Ok(Some(tok.as_str())));
         h.push((HEADER.as_bytes(), b"second"));
         prop_assert!(find_token(h).is_err());
     }
 }
 
-// ---- schedule -------------------------------------------------------------------------------
+// ---- refresh schedule -------------------------------------------------------------------------------
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]

@@ -11,7 +11,10 @@ use cf_access_core::KeySet;
 use thiserror::Error;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{time, DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::{
+    time, Buffers, ConnectProxyConnector, ConnectionDetails, Connector, NextTimeout,
+    RustlsConnector, TcpConnector, Transport,
+};
 
 /// A whole fetch, every redirect and the body included, ends within this.
 pub const FETCH_DEADLINE: Duration = Duration::from_secs(5);
@@ -73,7 +76,73 @@ impl Resolver for InlineResolver {
     }
 }
 
-fn agent(egress: &Egress, caller: Caller, remaining: Duration) -> ureq::Agent {
+/// Wraps the socket (under TLS and the proxy tunnel) so that no read or write goes past the
+/// fetch's deadline: ureq's own global timeout is checked between reads, and a peer that
+/// trickles a byte now and then would keep a read going for as long as it likes.
+#[derive(Debug)]
+struct DeadlineConnector(Instant);
+
+impl<In: Transport> Connector<In> for DeadlineConnector {
+    type Out = DeadlineTransport<In>;
+
+    fn connect(
+        &self,
+        _details: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        Ok(chained.map(|inner| DeadlineTransport {
+            inner,
+            deadline: self.0,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct DeadlineTransport<T> {
+    inner: T,
+    deadline: Instant,
+}
+
+impl<T: Transport> DeadlineTransport<T> {
+    /// `timeout`, shortened to what is left before the deadline; an error once it passed.
+    fn bound(&self, timeout: NextTimeout) -> Result<NextTimeout, ureq::Error> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ureq::Error::Timeout(ureq::Timeout::Global));
+        }
+        let after = match timeout.after {
+            time::Duration::Exact(d) if d < left => timeout.after,
+            _ => time::Duration::Exact(left),
+        };
+        Ok(NextTimeout {
+            after,
+            reason: timeout.reason,
+        })
+    }
+}
+
+impl<T: Transport> Transport for DeadlineTransport<T> {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        self.inner.buffers()
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        let timeout = self.bound(timeout)?;
+        self.inner.transmit_output(amount, timeout)
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        let timeout = self.bound(timeout)?;
+        self.inner.await_input(timeout)
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.inner.is_open()
+    }
+}
+
+fn agent(egress: &Egress, caller: Caller, deadline: Instant) -> ureq::Agent {
+    let remaining = deadline.saturating_duration_since(Instant::now());
     let roots = match &egress.roots {
         Some(certs) => RootCerts::Specific(certs.clone()),
         None => RootCerts::WebPki,
@@ -87,11 +156,16 @@ fn agent(egress: &Egress, caller: Caller, remaining: Duration) -> ureq::Agent {
         .max_idle_connections(0)
         .user_agent(concat!("ngx_http_cf_access/", env!("CARGO_PKG_VERSION")))
         .build();
+    // ureq's default chain (a CONNECT proxy's tunnel or a direct socket, then TLS), with
+    // the deadline around the socket.
+    let connector =
+        ().chain(ConnectProxyConnector::default())
+            .chain(TcpConnector::default())
+            .chain(DeadlineConnector(deadline))
+            .chain(RustlsConnector::default());
     match caller {
-        Caller::Worker => config.into(),
-        Caller::Master => {
-            ureq::Agent::with_parts(config, DefaultConnector::new(), InlineResolver::default())
-        }
+        Caller::Worker => ureq::Agent::with_parts(config, connector, DefaultResolver::default()),
+        Caller::Master => ureq::Agent::with_parts(config, connector, InlineResolver::default()),
     }
 }
 
@@ -105,7 +179,7 @@ pub fn fetch(url: &str, egress: &Egress, caller: Caller) -> Result<KeySet, Fetch
         if remaining.is_zero() {
             return Err(FetchError::Deadline);
         }
-        let mut response = agent(egress, caller, remaining)
+        let mut response = agent(egress, caller, deadline)
             .get(&url)
             .call()
             .map_err(transport_error)?;

@@ -45,7 +45,13 @@ pub fn offer(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
             }
         };
         let Some(slot) = store.slot() else { continue };
-        let Ok(mut g) = zone.lock(slot) else { continue };
+        let mut g = match zone.lock(slot) {
+            Ok(g) => g,
+            Err(e) => {
+                log.warn(&format!("cf_access: keys for \"{}\": {e}", store.url));
+                continue;
+            }
+        };
         if g.url() != store.url || !refresh::offer_saved(g.state_mut(), entry.fetched_at, mono_ms())
         {
             continue;
@@ -70,7 +76,17 @@ pub fn write(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
     let mut sets = BTreeMap::new();
     for store in stores {
         let Some(slot) = store.slot() else { continue };
-        let Ok(g) = zone.lock(slot) else { continue };
+        let g = match zone.lock(slot) {
+            Ok(g) => g,
+            Err(e) => {
+                // Writing now would drop this URL's saved set: keep the file as it is.
+                log.warn(&format!(
+                    "cf_access: not writing the key cache \"{}\": {e}",
+                    path.display()
+                ));
+                return;
+            }
+        };
         if g.url() == store.url && g.state().seq != 0 {
             let saved = Saved {
                 fetched_at: g.state().fetched_at,

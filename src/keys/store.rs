@@ -45,6 +45,11 @@ impl KeyStore {
         self.current.load().as_ref().map_or(0, |s| s.seq)
     }
 
+    /// Forgets the set: requests are refused (`no_keys`) until one is published.
+    pub fn clear(&self) {
+        self.current.store(None);
+    }
+
     pub fn publish(&self, set: KeySet, seq: u64) {
         self.current.store(Some(Arc::new(Snapshot { set, seq })));
     }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cf_access_core::refresh::{self, Event, Local, Step, POLL};
+use cf_access_core::refresh::{self, Event, Local, Me, Step, POLL};
 use cf_access_core::zone::{current_pid, process_alive, Zone, BODY_CAP};
 use cf_access_core::KeySet;
 
@@ -19,7 +19,19 @@ pub struct Env<'a> {
     pub interval: Duration,
     pub egress: &'a Egress,
     pub caller: Caller,
+    /// A worker's configuration generation (see `Zone::generation`); it fetches only while
+    /// that is the zone's current one.
+    pub generation: u64,
     pub log: &'a ThreadLog,
+}
+
+impl Env<'_> {
+    fn me(&self, zone: &Zone) -> Me {
+        Me {
+            pid: current_pid(),
+            may_fetch: self.caller == Caller::Master || zone.generation() == self.generation,
+        }
+    }
 }
 
 /// Milliseconds on the system-wide monotonic clock (the same in every process).
@@ -46,7 +58,8 @@ fn poll_ms() -> u64 {
 }
 
 /// Makes `store` hold the set the zone holds for it, if that is another one. Returns false
-/// when the zone cannot be read.
+/// when the zone cannot be read. A set that does not parse (it cannot happen unless the
+/// zone was damaged) is dropped from the zone, so that it is fetched again.
 pub fn adopt(zone: &Zone, store: &KeyStore, log: &ThreadLog) -> bool {
     let Some(slot) = store.slot() else {
         return false;
@@ -71,9 +84,15 @@ pub fn adopt(zone: &Zone, store: &KeyStore, log: &ThreadLog) -> bool {
         }
         Err(e) => {
             log.alert(&format!(
-                "cf_access: the shared zone's key set for \"{}\" is unreadable: {e}",
+                "cf_access: the shared zone's key set for \"{}\" is unreadable: {e}; \
+                 fetching it again",
                 store.url
             ));
+            if let Ok(mut g) = zone.lock(slot) {
+                if g.url() == store.url && g.state().seq == seq {
+                    g.discard_body();
+                }
+            }
             false
         }
     }
@@ -101,7 +120,7 @@ pub fn round(zone: &Zone, store: &KeyStore, wish: &mut Option<u64>, env: &Env) -
                     &mut local,
                     now,
                     env.interval,
-                    current_pid(),
+                    env.me(zone),
                     process_alive,
                 );
                 *wish = local.wish;
