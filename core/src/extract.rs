@@ -64,8 +64,9 @@ where
     if !token.is_ascii() {
         return Err(VerifyError::Malformed("token has non-ascii bytes"));
     }
-    // ASCII is UTF-8.
-    Ok(std::str::from_utf8(token).ok())
+    // SAFETY: ASCII bytes are valid UTF-8 (checked just above; a second pass over the
+    // token is a measurable share of a cache hit).
+    Ok(Some(unsafe { std::str::from_utf8_unchecked(token) }))
 }
 
 /// Every value of cookie `name` in one `Cookie` header value.
