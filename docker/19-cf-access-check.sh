@@ -6,7 +6,9 @@
 # * every ${NAME} (upper case) that a template uses must be set and not empty; otherwise the
 #   rendered file says e.g. "cf_access_aud ;" or keeps "${UPSTREAM}";
 # * the output directory must be writable by the user the container runs as; otherwise the
-#   entrypoint only logs an error and nginx starts with stale or no configuration.
+#   entrypoint only logs an error and nginx starts with stale or no configuration. The image
+#   renders into /tmp/nginx/conf.d (NGINX_ENVSUBST_OUTPUT_DIR), so that a --read-only
+#   container with a tmpfs on /tmp works: this script creates that directory when missing.
 #
 # No templates (e.g. NGINX_ENVSUBST_TEMPLATE_DIR pointing elsewhere, or your own conf.d
 # mounted instead): nothing to check.
@@ -18,6 +20,7 @@ suffix="${NGINX_ENVSUBST_TEMPLATE_SUFFIX:-.template}"
 output_dir="${NGINX_ENVSUBST_OUTPUT_DIR:-/etc/nginx/conf.d}"
 
 [ -d "$template_dir" ] || exit 0
+[ -d "$output_dir" ] || mkdir -p "$output_dir" 2>/dev/null || true
 # shellcheck disable=SC2016 # literal ${NAME} patterns
 names=$(find "$template_dir" -follow -type f -name "*$suffix" \
     -exec grep -ho '\${[A-Z_][A-Z0-9_]*}' {} + | tr -d '${}' | sort -u)
