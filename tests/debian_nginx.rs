@@ -22,12 +22,9 @@ use std::process::Command;
 use std::sync::Once;
 
 use cf_access_dev::{mint, now, user_claims, CertsServer, KeyPair};
+use cf_access_testkit::site::{AUD, HDR, TEAM};
 use cf_access_testkit::Nginx;
 use serde_json::json;
-
-const TEAM: &str = "team.cloudflareaccess.com";
-const AUD: &str = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2";
-const HDR: &str = "Cf-Access-Jwt-Assertion";
 
 fn debian_dir() -> PathBuf {
     match std::env::var_os("CF_ACCESS_DEBIAN_NGINX_DIR").filter(|d| !d.is_empty()) {

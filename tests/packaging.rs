@@ -12,19 +12,14 @@
 //! this binary share the process environment the harness reads (`CF_ACCESS_NGINX`,
 //! `CF_ACCESS_MODULE`), so nothing else lives here.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Once;
 
 use cf_access_dev::{mint, now, user_claims, CertsServer, KeyPair};
-use common::Nginx;
+use cf_access_testkit::site::{AUD, HDR, TEAM};
+use cf_access_testkit::Nginx;
 use serde_json::json;
-
-const TEAM: &str = "team.cloudflareaccess.com";
-const AUD: &str = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2";
-const HDR: &str = "Cf-Access-Jwt-Assertion";
 
 /// The packaged nginx and module, with the harness pointed at them; `None` (with a message)
 /// when the variables are not set.

@@ -356,7 +356,10 @@ mod tests {
     fn one_fetch_per_interval_instance_wide() {
         let (mut s, mut a) = settled();
         let mut b = Local::default();
-        assert_eq!(decide(&mut s, &mut b, T0 + 5, HOUR, me(B), alive), Step::Adopt);
+        assert_eq!(
+            decide(&mut s, &mut b, T0 + 5, HOUR, me(B), alive),
+            Step::Adopt
+        );
         b.adopted(s.seq);
         for (l, who) in [(&mut a, A), (&mut b, B)] {
             assert!(matches!(
@@ -468,7 +471,10 @@ mod tests {
         s.seq = 8;
         // B asked before it saw set 8 (its poll had not come yet).
         b.wish(t - 5);
-        assert_eq!(decide(&mut s, &mut b, t + 150, HOUR, me(B), alive), Step::Adopt);
+        assert_eq!(
+            decide(&mut s, &mut b, t + 150, HOUR, me(B), alive),
+            Step::Adopt
+        );
         b.adopted(8);
         assert!(matches!(
             decide(&mut s, &mut b, t + 160, HOUR, me(B), alive),
@@ -533,7 +539,10 @@ mod tests {
         s.seq = 1;
         s.next_due = T0 + 3600 * SEC;
         assert!(!offer_saved(&mut s, 50, T0), "older than the zone's");
-        assert!(!offer_saved(&mut s, 200, T0), "even with a later (wall-clock) time");
+        assert!(
+            !offer_saved(&mut s, 200, T0),
+            "even with a later (wall-clock) time"
+        );
         assert_eq!(s.next_due, T0 + 3600 * SEC, "the schedule is left alone");
     }
 
@@ -546,7 +555,10 @@ mod tests {
         };
         a.wish(T0 + 1);
         let due = T0 + 3600 * SEC;
-        assert!(matches!(decide(&mut s, &mut a, due, HOUR, old, alive), Step::Wait { .. }));
+        assert!(matches!(
+            decide(&mut s, &mut a, due, HOUR, old, alive),
+            Step::Wait { .. }
+        ));
         s.seq = 8;
         assert_eq!(decide(&mut s, &mut a, due, HOUR, old, alive), Step::Adopt);
     }

@@ -129,7 +129,9 @@ pub fn process_alive(pid: u32) -> bool {
         .ok()
         .and_then(|stat| {
             let rest = &stat[stat.rfind(')')? + 1..];
-            rest.split_whitespace().next().map(|state| state == "Z" || state == "X")
+            rest.split_whitespace()
+                .next()
+                .map(|state| state == "Z" || state == "X")
         })
         .unwrap_or(false);
     !zombie
@@ -346,7 +348,9 @@ fn realtime_after(wait: Duration) -> libc::timespec {
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
     let nanos = now.tv_nsec as u64 + u64::from(wait.subsec_nanos());
     libc::timespec {
-        tv_sec: now.tv_sec + wait.as_secs() as libc::time_t + (nanos / 1_000_000_000) as libc::time_t,
+        tv_sec: now.tv_sec
+            + wait.as_secs() as libc::time_t
+            + (nanos / 1_000_000_000) as libc::time_t,
         tv_nsec: (nanos % 1_000_000_000) as _,
     }
 }
@@ -573,7 +577,11 @@ mod tests {
             });
         });
         let g = z.lock_within(i, Duration::from_millis(500)).unwrap();
-        assert_eq!((g.state().seq, g.body()), (0, &b""[..]), "a torn body is forgotten");
+        assert_eq!(
+            (g.state().seq, g.body()),
+            (0, &b""[..]),
+            "a torn body is forgotten"
+        );
         assert_eq!(g.url(), "https://t/certs");
         drop(g);
         // A holder that dies after a complete copy leaves the slot as it was.

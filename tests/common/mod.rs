@@ -1,1 +1,0 @@
-pub use cf_access_testkit::*;
