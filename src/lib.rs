@@ -150,7 +150,9 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
 
 ngx::ngx_modules!(ngx_http_cf_access_module);
 
+/// The module, under the C name nginx's own build (`--add-dynamic-module`) links it by.
 #[used]
+#[no_mangle]
 #[allow(non_upper_case_globals)]
 pub static mut ngx_http_cf_access_module: ngx_module_t = ngx_module_t {
     ctx: ptr::addr_of!(MODULE_CTX) as _,
