@@ -11,9 +11,12 @@ use cf_access_testkit::site::{claims, token, token_for, AUD, COOKIE, EMAIL, HDR,
 use cf_access_testkit::{http_request, wait_until, Nginx, Response};
 use serde_json::json;
 
-/// An nginx with the team settings at http level (keys from `certs`) and `servers`.
-fn start(certs: &CertsServer, http: &str) -> Nginx {
-    Nginx::builder()
+/// A key, its certs endpoint, and an nginx with the team settings at http level (keys from
+/// that endpoint) and `http`.
+fn site(http: &str) -> (KeyPair, CertsServer, Nginx) {
+    let key = KeyPair::generate();
+    let certs = CertsServer::start_with_keys(&[&key]);
+    let nginx = Nginx::builder()
         .file("p/index.html", "protected\n")
         .file("secret.html", "the secret\n")
         .file("open.html", "before <!--# include virtual=\"/p/secret.html\" --> after\n")
@@ -21,7 +24,8 @@ fn start(certs: &CertsServer, http: &str) -> Nginx {
             "cf_access_team_domain {TEAM};\n    cf_access_aud {AUD};\n    cf_access_certs_url {};\n{http}",
             certs.url()
         ))
-        .start()
+        .start();
+    (key, certs, nginx)
 }
 
 fn get(nginx: &Nginx, path: &str, token: Option<&str>) -> Response {
@@ -40,10 +44,7 @@ fn token_with(key: &KeyPair, patch: impl FnOnce(&mut serde_json::Value)) -> Stri
 
 #[test]
 fn variables_hold_the_verified_identity_in_the_rewrite_phase() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = start(
-        &certs,
+    let (key, _certs, nginx) = site(
         r#"
     map $cf_access_email $class {
         ~@example\.com$ staff;
@@ -98,10 +99,7 @@ fn variables_hold_the_verified_identity_in_the_rewrite_phase() {
 
 #[test]
 fn a_return_in_a_protected_location_needs_a_token() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = start(
-        &certs,
+    let (key, _certs, nginx) = site(
         r#"
     server {
         listen 127.0.0.1:{PORT};
@@ -175,10 +173,7 @@ fn nginx_t_warns_where_satisfy_any_lets_a_return_answer_first() {
 
 #[test]
 fn a_per_user_rate_limit_keys_on_the_verified_email() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = start(
-        &certs,
+    let (key, _certs, nginx) = site(
         r#"
     limit_req_zone $cf_access_email zone=users:1m rate=1r/m;
     server {
@@ -208,13 +203,10 @@ fn a_per_user_rate_limit_keys_on_the_verified_email() {
 
 #[test]
 fn subrequests_to_a_protected_location_need_a_token() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let backend = CertsServer::start_with_keys(&[&key]);
-    let nginx = start(
-        &certs,
-        &format!(
-            r#"
+    // The mirror's upstream: any loopback server that counts what reaches it.
+    let backend = CertsServer::start_with_keys(&[]);
+    let (key, _certs, nginx) = site(&format!(
+        r#"
     server {{
         listen 127.0.0.1:{{PORT}};
         root {{PREFIX}}/html;
@@ -246,9 +238,8 @@ fn subrequests_to_a_protected_location_need_a_token() {
         }}
     }}
 "#,
-            backend = backend.url()
-        ),
-    );
+        backend = backend.url()
+    ));
     // SSI: an open page including a protected one.
     let r = get(&nginx, "/open.html", None);
     assert_eq!(r.status, 200);
@@ -315,10 +306,7 @@ fn curl_h2(port: u16, cookies: &[String]) -> (u16, String) {
 
 #[test]
 fn two_cf_authorization_cookies_are_malformed() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = start(
-        &certs,
+    let (key, _certs, nginx) = site(
         r#"
     server {
         listen 127.0.0.1:{PORT};
@@ -372,10 +360,7 @@ fn two_cf_authorization_cookies_are_malformed() {
 
 #[test]
 fn report_mode_never_denies_and_logs_the_verdict() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = start(
-        &certs,
+    let (key, _certs, nginx) = site(
         r#"
     server {
         listen 127.0.0.1:{PORT};
@@ -416,10 +401,7 @@ fn report_mode_never_denies_and_logs_the_verdict() {
 
 #[test]
 fn require_rules_inherit_override_and_combine_with_satisfy() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = start(
-        &certs,
+    let (key, _certs, nginx) = site(
         r#"
     map $cf_access_claim_groups $finance {
         "~\"finance\"" 1;
@@ -494,10 +476,7 @@ fn require_rules_inherit_override_and_combine_with_satisfy() {
 
 #[test]
 fn the_token_is_verified_once_however_many_variables_are_read() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = start(
-        &certs,
+    let (key, _certs, nginx) = site(
         r#"
     map $cf_access_sub $sub_seen { default $cf_access_sub; }
     limit_req_zone $cf_access_email zone=users:1m rate=100r/s;
