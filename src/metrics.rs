@@ -4,7 +4,7 @@
 
 use std::ffi::{c_char, c_void};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cf_access_core::metrics::{self, Query};
 use cf_access_core::Status;
@@ -19,7 +19,7 @@ use ngx::http::{
 use ngx::ngx_string;
 
 use crate::ctx::RequestCtx;
-use crate::keys::sync::mono_ms;
+use crate::keys::sync::{mono_ms, unix_now};
 use crate::{zone, Module};
 
 /// How long a scrape waits for a zone slot (a refresher holds it for a copy's time).
@@ -73,12 +73,6 @@ pub extern "C" fn set_metrics(
     };
     clcf.handler = Some(metrics_handler);
     NGX_CONF_OK
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The body and status of one scrape.

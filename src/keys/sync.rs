@@ -47,7 +47,8 @@ pub fn mono_ms() -> u64 {
         .saturating_add(ts.tv_nsec as u64 / 1_000_000)
 }
 
-fn unix_now() -> u64 {
+/// Wall-clock seconds (for reporting only; scheduling uses [`mono_ms`]).
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
