@@ -572,6 +572,55 @@ fn two_token_headers_are_refused() {
     s.nginx.assert_clean(&[]);
 }
 
+/// The verified-token cache hashes a token's length and last 32 bytes (the signature's end)
+/// and compares the whole token: a forgery that copies a cached token's length and
+/// signature, with another payload, lands in the same bucket and must still be verified,
+/// and refused. One worker, so the good token is in the cache the forgeries meet.
+#[test]
+fn forgery_with_a_cached_tokens_tail_is_verified_not_served_from_the_cache() {
+    let s = site();
+    let good = mint(
+        &s.current,
+        &user_claims(TEAM, AUD, "alice@example.com", now(), 600),
+    );
+    assert_eq!(s.send("/p/", &[(HDR, &good)]).unwrap().status, 200);
+    let payload = segment(&good, 1);
+    // Same length and signature; one payload character changed.
+    let flip = if payload.as_bytes()[4] == b'A' {
+        "B"
+    } else {
+        "A"
+    };
+    let forged = good.replacen(
+        payload,
+        &format!("{}{flip}{}", &payload[..4], &payload[5..]),
+        1,
+    );
+    assert_eq!(
+        (forged.len(), &forged[forged.len() - 32..]),
+        (good.len(), &good[good.len() - 32..])
+    );
+    s.check_refused("/p/", &[(HDR, &forged)], "bad_signature", None, false)
+        .unwrap();
+    // Same length and signature; two payload bytes replaced by one two-byte character.
+    let forged = good.replacen(payload, &format!("{}é{}", &payload[..4], &payload[6..]), 1);
+    assert_eq!(forged.len(), good.len());
+    s.check_refused(
+        "/p/",
+        &[(HDR, &forged)],
+        "malformed",
+        Some("token has non-ascii bytes"),
+        false,
+    )
+    .unwrap();
+    let r = s.send("/p/", &[(HDR, &good)]).unwrap();
+    assert_eq!(
+        (r.status, r.header("X-Email")),
+        (200, Some("alice@example.com"))
+    );
+    s.nginx.assert_clean(&[]);
+}
+
 /// A token that was let in is refused once it has expired (with `cf_access_leeway 0s`, so
 /// that this takes seconds; the corpus covers tokens expired beyond the default 60 s
 /// leeway). It was cached by the first request: the cache re-checks `exp`.

@@ -36,7 +36,7 @@ fn main() {
     let mut cache = TokenCache::new(100);
     let t = Instant::now();
     for _ in 0..n * 10 {
-        assert!(verify_cached(&token, Some(&keys), &policy, now, &mut cache).is_ok());
+        assert!(verify_cached(token.as_bytes(), Some(&keys), &policy, now, &mut cache).is_ok());
     }
     let hit = t.elapsed().as_secs_f64() / (n * 10) as f64 * 1e6;
 

@@ -57,8 +57,18 @@ pub fn from_json_object<T: serde::de::DeserializeOwned>(json: &[u8]) -> Option<T
     serde_json::from_slice(json).ok()
 }
 
+/// A token as text: it must be ASCII (base64url and dots), checked in one pass.
+pub fn ascii(token: &[u8]) -> Result<&str, VerifyError> {
+    if !token.is_ascii() {
+        return Err(VerifyError::Malformed("token has non-ascii bytes"));
+    }
+    // SAFETY: ASCII bytes are valid UTF-8 (checked just above; `str::from_utf8` would be a
+    // second pass over the token).
+    Ok(unsafe { std::str::from_utf8_unchecked(token) })
+}
+
 /// The size limit, checked before anything else is done with a token.
-pub fn check_len(token: &str) -> Result<(), VerifyError> {
+pub fn check_len(token: &[u8]) -> Result<(), VerifyError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(VerifyError::TooLarge(token.len()));
     }
@@ -71,7 +81,7 @@ pub fn parse(token: &str) -> Result<Token<'_>, VerifyError> {
     if token.is_empty() {
         return Err(VerifyError::NoToken);
     }
-    check_len(token)?;
+    check_len(token.as_bytes())?;
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -120,6 +130,16 @@ mod tests {
 
     fn tok(header: &str) -> String {
         format!("{}.{}.c2ln", seg(header), seg("{}"))
+    }
+
+    #[test]
+    fn tokens_are_ascii() {
+        assert_eq!(ascii(b"a.b.c"), Ok("a.b.c"));
+        assert_eq!(
+            ascii("a.é.c".as_bytes()),
+            Err(VerifyError::Malformed("token has non-ascii bytes"))
+        );
+        assert!(ascii(b"a.\xff.c").is_err());
     }
 
     #[test]
