@@ -319,6 +319,26 @@ fn a_key_cache_in_a_world_writable_directory_is_refused() {
     assert_refused(&cache, &attacker, "writable by others");
 }
 
+/// The key cache's own directory is root's, but the one above it belongs to the worker
+/// user (say `/srv/www/nginx-keys/` with `/srv/www` owned by www-data): that user could
+/// rename `nginx-keys` away and put a directory of its own, with its own file, in its place.
+#[test]
+fn a_key_cache_below_a_directory_of_the_worker_user_is_refused() {
+    assert!(
+        is_root(),
+        "this test checks directory ownership and must run as root"
+    );
+    let attacker = KeyPair::generate();
+    let top = CacheDir::new();
+    let cache = CacheDir(top.0.join("nginx-keys"));
+    fs::create_dir(&cache.0).unwrap();
+    fs::set_permissions(&cache.0, fs::Permissions::from_mode(0o755)).unwrap();
+    let file = planted(&cache, &attacker);
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&top.0, Some(65534), Some(65534)).unwrap();
+    assert_refused(&cache, &attacker, "owned by uid 65534");
+}
+
 #[test]
 fn a_symlinked_key_cache_is_refused_and_never_followed() {
     let attacker = KeyPair::generate();

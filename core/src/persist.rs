@@ -7,8 +7,12 @@
 //! Only the root nginx master reads and writes the file, and the worker user may be hostile,
 //! so both directions distrust the file system:
 //!
-//! - the parent directory is opened once (`O_NOFOLLOW`) and must not be writable by anyone
-//!   but root or the effective uid; everything else happens relative to that descriptor;
+//! - the parent directory is reached by walking its path from `/`, one component at a time
+//!   (`openat(O_NOFOLLOW | O_DIRECTORY)`): no symbolic link is followed anywhere on the way,
+//!   and every directory passed must be owned by root or the effective uid and writable by
+//!   no one else (unless sticky, as `/tmp` is: others cannot rename or remove what is not
+//!   theirs in it); the parent directory itself may not even be sticky and writable by
+//!   others. Everything else happens relative to the descriptor the walk ends with;
 //! - [`load`] opens the file with `O_NOFOLLOW | O_NONBLOCK` (a symlink is refused, a FIFO
 //!   cannot hang the open), then requires a regular file owned by the effective uid, not
 //!   writable by group or others, of at most [`MAX_FILE`] bytes, and reads no more than that;
@@ -25,7 +29,7 @@ use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use thiserror::Error;
 
@@ -210,38 +214,68 @@ fn split(path: &Path) -> Result<(PathBuf, &OsStr), PersistError> {
     Ok((dir, name))
 }
 
-/// Opens and checks the key cache directory. `Ok(None)` when it does not exist.
+/// Opens the key cache directory by walking its path from `/` without following symbolic
+/// links, checking every directory on the way (see the module's documentation): whoever
+/// can write to one of them could swap what lies below it. `Ok(None)` when a component
+/// does not exist.
 fn open_dir(dir_path: &Path) -> Result<Option<File>, PersistError> {
-    let c_dir = c_string(dir_path.as_os_str(), dir_path)?;
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    // SAFETY: `c_dir` is a NUL-terminated string that outlives the call; open(2) keeps no
-    // reference to it.
-    let fd = unsafe { libc::open(c_dir.as_ptr(), flags) };
-    let dir = match owned(fd) {
-        Ok(fd) => File::from(fd),
-        Err(e) => {
-            return match e.raw_os_error() {
-                Some(libc::ENOENT) => Ok(None),
-                Some(libc::ELOOP) => Err(PersistError::DirSymlink(dir_path.to_path_buf())),
-                Some(libc::ENOTDIR) if is_symlink(dir_path) => {
-                    Err(PersistError::DirSymlink(dir_path.to_path_buf()))
-                }
-                Some(libc::ENOTDIR) => Err(PersistError::NotDir(dir_path.to_path_buf())),
-                _ => Err(io_error("open directory", dir_path, e)),
-            };
-        }
+    let absolute = if dir_path.is_absolute() {
+        dir_path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| io_error("resolve directory", dir_path, e))?
+            .join(dir_path)
     };
-    check_dir(dir_path, &dir)?;
+    let mut walked = PathBuf::from("/");
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: the literal is a NUL-terminated string; open(2) keeps no reference to it.
+    let root = unsafe { libc::open(c"/".as_ptr(), flags) };
+    let mut dir = File::from(owned(root).map_err(|e| io_error("open directory", &walked, e))?);
+    for component in absolute.components() {
+        let name = match component {
+            Component::Normal(name) => name,
+            Component::ParentDir => OsStr::new(".."),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => continue,
+        };
+        check_dir(&walked, &dir, Above)?;
+        walked.push(name);
+        dir = match open_at(&dir, &c_string(name, &walked)?, flags, 0) {
+            Ok(next) => next,
+            Err(e) => {
+                return match e.raw_os_error() {
+                    Some(libc::ENOENT) => Ok(None),
+                    Some(libc::ELOOP) => Err(PersistError::DirSymlink(walked)),
+                    Some(libc::ENOTDIR) if is_symlink(&walked) => {
+                        Err(PersistError::DirSymlink(walked))
+                    }
+                    Some(libc::ENOTDIR) => Err(PersistError::NotDir(walked)),
+                    _ => Err(io_error("open directory", &walked, e)),
+                };
+            }
+        };
+    }
+    check_dir(&walked, &dir, Parent)?;
     Ok(Some(dir))
 }
+
+/// Which directory [`check_dir`] checks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DirRole {
+    /// One the walk passes through: it may be writable by others if it is sticky.
+    Above,
+    /// The key cache file's own directory: never writable by others.
+    Parent,
+}
+use DirRole::{Above, Parent};
 
 /// Whether the last component of `path` is a symbolic link (for the error message only).
 fn is_symlink(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
-/// Refuses a directory that anyone but root or the effective user could write to.
-fn check_dir(dir_path: &Path, dir: &File) -> Result<(), PersistError> {
+/// Refuses a directory that anyone but root or the effective user could write to (or, for
+/// a directory above, change entries of root's or ours in: a sticky one is allowed there).
+fn check_dir(dir_path: &Path, dir: &File, role: DirRole) -> Result<(), PersistError> {
     let meta = dir
         .metadata()
         .map_err(|e| io_error("stat directory", dir_path, e))?;
@@ -258,6 +292,9 @@ fn check_dir(dir_path: &Path, dir: &File) -> Result<(), PersistError> {
         });
     }
     let mode = meta.mode() & 0o7777;
+    if role == Above && mode & 0o1000 != 0 {
+        return Ok(());
+    }
     if mode & 0o002 != 0 {
         return Err(PersistError::DirWritable { path: path(), mode });
     }
@@ -717,6 +754,60 @@ mod tests {
         let err = store(&path, &encoded()).unwrap_err();
         assert!(matches!(err, PersistError::DirWritable { .. }), "{err:?}");
         assert_eq!(dir.entries(), vec![OsString::from("keys.json")]);
+    }
+
+    #[test]
+    fn refuses_a_directory_above_that_others_can_write() {
+        let top = TempDir::new();
+        let dir = top.join("keys");
+        fs::DirBuilder::new().mode(0o755).create(&dir).unwrap();
+        let path = dir.join("keys.json");
+        write_cache(&path);
+        assert!(load(&path).unwrap().is_some());
+        // Whoever can write `top` can rename `keys` away and put their own in its place.
+        fs::set_permissions(&top.0, Permissions::from_mode(0o777)).unwrap();
+        let err = load(&path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("directory {:?} is writable by others (mode 0777)", top.0)
+        );
+        assert!(store(&path, &encoded()).is_err());
+        // Sticky, as /tmp is: others cannot rename or remove `keys`, which is ours.
+        fs::set_permissions(&top.0, Permissions::from_mode(0o1777)).unwrap();
+        assert!(load(&path).unwrap().is_some());
+        store(&path, &encoded()).unwrap();
+        // But the file's own directory may not be sticky and writable by others.
+        fs::set_permissions(&dir, Permissions::from_mode(0o1777)).unwrap();
+        assert!(matches!(
+            load(&path).unwrap_err(),
+            PersistError::DirWritable { .. }
+        ));
+        fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_symlink_anywhere_on_the_path() {
+        let real = TempDir::new();
+        let sub = real.join("sub");
+        fs::DirBuilder::new().mode(0o755).create(&sub).unwrap();
+        write_cache(&sub.join("keys.json"));
+        let holder = TempDir::new();
+        let link = holder.join("link");
+        symlink(&real.0, &link).unwrap();
+        let path = link.join("sub").join("keys.json");
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, PersistError::DirSymlink(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("directory {link:?} is a symbolic link")
+        );
+        assert!(matches!(
+            store(&path, &encoded()).unwrap_err(),
+            PersistError::DirSymlink(_)
+        ));
+        // `..` is walked like any other component.
+        let dotdot = real.join("sub").join("..").join("sub").join("keys.json");
+        assert!(load(&dotdot).unwrap().is_some());
     }
 
     #[test]
