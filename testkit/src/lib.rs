@@ -9,10 +9,13 @@
 //!   tokens for them.
 //! * [`wait_until`] / [`poll_until`]: the one way to wait for something, bounded.
 //! * [`send_signal`], [`process_alive`], [`free_port`]: process and port helpers.
+//! * [`build`]: another nginx and module than the vendored build (Debian's, a packager's),
+//!   and the stories every such build must pass.
 //!
 //! The local Cloudflare stand-in (keys, certs endpoint, tokens) is the dev tool,
 //! `cf_access_dev`; [`site`] builds on it.
 
+pub mod build;
 mod http;
 mod nginx;
 mod process;
