@@ -23,6 +23,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+mod listener;
 mod proxy;
 mod server;
 mod tls;

@@ -2,15 +2,15 @@
 //! loopback targets: for testing that a client goes through a proxy without
 //! ever letting it reach the network.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::server::{finish, is_timeout, lock, reason};
+use crate::listener::{lock, Conns, Listener, Served};
+use crate::server::{finish, is_timeout, reason};
 
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,47 +23,27 @@ const MAX_CONNECTIONS: usize = 256;
 /// Connecting to a (loopback) target.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+#[derive(Default)]
 struct Shared {
-    stop: AtomicBool,
     /// CONNECTs that were tunneled.
     connects: AtomicUsize,
     /// Connection attempts to targets (to check refusals never dial).
     dials: AtomicUsize,
     /// The request target of every CONNECT received, refused or not.
     targets: Mutex<Vec<String>>,
-    /// Clones of every live socket (clients and targets), to unblock them.
-    socks: Mutex<HashMap<u64, TcpStream>>,
-    next_id: AtomicU64,
+    /// Every live socket, clients' and targets'.
+    conns: Conns,
+}
+
+impl Served for Shared {
+    fn conns(&self) -> &Conns {
+        &self.conns
+    }
 }
 
 impl Shared {
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-
-    /// Registers a clone of `s` so that Drop can shut it down. `None` if the
-    /// proxy is stopping (the caller then just drops `s`). Checking `stop`
-    /// under the lock means Drop's sweep cannot miss a socket.
-    fn register(&self, s: &TcpStream) -> Option<Registration<'_>> {
-        let mut socks = lock(&self.socks);
-        if self.stopping() {
-            return None;
-        }
-        let clone = s.try_clone().ok()?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        socks.insert(id, clone);
-        Some(Registration { shared: self, id })
-    }
-}
-
-struct Registration<'a> {
-    shared: &'a Shared,
-    id: u64,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        lock(&self.shared.socks).remove(&self.id);
+        self.conns.stopping()
     }
 }
 
@@ -81,9 +61,7 @@ impl Drop for Registration<'_> {
 /// its CONNECT head are forwarded too. Dropping the proxy shuts every
 /// socket down and joins every thread promptly.
 pub struct ConnectProxy {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    accept: Option<JoinHandle<()>>,
+    listener: Listener<Shared>,
 }
 
 impl ConnectProxy {
@@ -91,89 +69,35 @@ impl ConnectProxy {
     pub fn start() -> ConnectProxy {
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("proxy local_addr");
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            connects: AtomicUsize::new(0),
-            dials: AtomicUsize::new(0),
-            targets: Mutex::new(Vec::new()),
-            socks: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
-        });
-        let s = shared.clone();
-        let accept = thread::Builder::new()
-            .name("cf-access-dev-proxy".into())
-            .spawn(move || accept_loop(listener, s))
-            .expect("spawn proxy accept thread");
-        ConnectProxy {
-            addr,
-            shared,
-            accept: Some(accept),
-        }
+        let listener = Listener::start(
+            listener,
+            "cf-access-dev-proxy",
+            MAX_CONNECTIONS,
+            Arc::new(Shared::default()),
+            handle,
+        )
+        .expect("start the proxy's accept thread");
+        ConnectProxy { listener }
     }
 
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.addr()
     }
 
     /// CONNECTs tunneled so far (target reached, `200` sent).
     pub fn connects(&self) -> usize {
-        self.shared.connects.load(Ordering::SeqCst)
+        self.listener.shared().connects.load(Ordering::SeqCst)
     }
 
     /// The `host:port` of every CONNECT received so far, in order, as the
     /// client wrote it, including refused and failed ones.
     pub fn targets(&self) -> Vec<String> {
-        lock(&self.shared.targets).clone()
-    }
-}
-
-impl Drop for ConnectProxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        for s in lock(&self.shared.socks).values() {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut workers: Vec<JoinHandle<()>> = Vec::new();
-    for incoming in listener.incoming() {
-        if shared.stopping() {
-            break;
-        }
-        let stream = match incoming {
-            Ok(s) => s,
-            Err(_) => {
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        workers.retain(|h| !h.is_finished());
-        if workers.len() >= MAX_CONNECTIONS {
-            continue;
-        }
-        let s = shared.clone();
-        if let Ok(h) = thread::Builder::new()
-            .name("cf-access-dev-proxy-conn".into())
-            .spawn(move || handle(stream, &s))
-        {
-            workers.push(h);
-        }
-    }
-    for h in workers {
-        let _ = h.join();
+        lock(&self.listener.shared().targets).clone()
     }
 }
 
@@ -248,10 +172,8 @@ fn parse_target(target: &str) -> Result<SocketAddr, (u16, &'static str)> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// Serves one client (its socket is registered by the accept loop).
 fn handle(mut client: TcpStream, shared: &Shared) {
-    let Some(_client_reg) = shared.register(&client) else {
-        return;
-    };
     if client.set_read_timeout(Some(TICK)).is_err() || client.set_write_timeout(Some(TICK)).is_err()
     {
         return;
@@ -291,7 +213,7 @@ fn handle(mut client: TcpStream, shared: &Shared) {
         Ok(s) => s,
         Err(e) => return refuse(client, 502, "", &format!("cannot connect to {addr}: {e}")),
     };
-    let Some(_upstream_reg) = shared.register(&upstream) else {
+    let Some(_upstream_reg) = shared.conns.register(&upstream) else {
         return;
     };
     if upstream.set_read_timeout(Some(TICK)).is_err()
@@ -454,7 +376,7 @@ mod tests {
 
         // Finished tunnels release their sockets.
         let t = Instant::now();
-        while !lock(&proxy.shared.socks).is_empty() {
+        while proxy.listener.shared().conns.live() > 0 {
             assert!(t.elapsed() < Duration::from_secs(2), "tunnel still open");
             thread::sleep(Duration::from_millis(5));
         }
@@ -481,7 +403,7 @@ mod tests {
         }
         assert_eq!(proxy.connects(), 0);
         assert!(proxy.targets().is_empty());
-        assert_eq!(proxy.shared.dials.load(Ordering::SeqCst), 0);
+        assert_eq!(proxy.listener.shared().dials.load(Ordering::SeqCst), 0);
     }
 
     #[test]
@@ -509,7 +431,7 @@ mod tests {
             );
             assert!(t.elapsed() < Duration::from_secs(1));
         }
-        assert_eq!(proxy.shared.dials.load(Ordering::SeqCst), 0);
+        assert_eq!(proxy.listener.shared().dials.load(Ordering::SeqCst), 0);
         assert_eq!(proxy.connects(), 0);
         let targets: Vec<&str> = cases.iter().map(|c| c.0).collect();
         assert_eq!(proxy.targets(), targets);
@@ -534,7 +456,7 @@ mod tests {
         let (head, _) = read_response_head(&mut s);
         assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{head}");
         assert_eq!(proxy.connects(), 0);
-        assert_eq!(proxy.shared.dials.load(Ordering::SeqCst), 1);
+        assert_eq!(proxy.listener.shared().dials.load(Ordering::SeqCst), 1);
     }
 
     #[test]

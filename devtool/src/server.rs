@@ -1,13 +1,13 @@
 //! A loopback HTTP/1.1 server standing in for `/cdn-cgi/access/certs`.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::listener::{lock, Conns, Listener, Served};
 use crate::{certs_json, KeyPair};
 
 /// How long a client may take to send its request head.
@@ -109,13 +109,15 @@ enum Source {
 struct Shared {
     source: Mutex<Source>,
     hits: AtomicUsize,
-    stop: AtomicBool,
-    /// Clones of the live connections' sockets, to unblock them on drop.
-    conns: Mutex<HashMap<u64, TcpStream>>,
+    /// How each accepted socket is turned into a connection (TLS), if it is.
+    wrap: Option<Wrap>,
+    conns: Conns,
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+impl Served for Shared {
+    fn conns(&self) -> &Conns {
+        &self.conns
+    }
 }
 
 impl Shared {
@@ -128,7 +130,7 @@ impl Shared {
     }
 
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+        self.conns.stopping()
     }
 }
 
@@ -136,9 +138,7 @@ impl Shared {
 /// current [`Behavior`], one thread per connection, `Connection: close`.
 /// Dropping it stops the accept loop and every connection thread promptly.
 pub struct CertsServer {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    accept: Option<JoinHandle<()>>,
+    listener: Listener<Shared>,
 }
 
 impl CertsServer {
@@ -178,37 +178,40 @@ impl CertsServer {
     }
 
     fn start_on(listen: SocketAddr, source: Source, wrap: Option<Wrap>) -> io::Result<CertsServer> {
-        let listener = TcpListener::bind(listen)?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             source: Mutex::new(source),
             hits: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
-            conns: Mutex::new(HashMap::new()),
+            wrap,
+            conns: Conns::default(),
         });
-        let s = shared.clone();
-        let accept = thread::Builder::new()
-            .name("cf-access-dev-accept".into())
-            .spawn(move || accept_loop(listener, s, wrap))?;
-        Ok(CertsServer {
-            addr,
+        let listener = Listener::start(
+            TcpListener::bind(listen)?,
+            "cf-access-dev",
+            MAX_CONNECTIONS,
             shared,
-            accept: Some(accept),
-        })
+            |stream, shared| {
+                let _ = serve(stream, shared);
+            },
+        )?;
+        Ok(CertsServer { listener })
+    }
+
+    fn shared(&self) -> &Shared {
+        self.listener.shared()
     }
 
     /// `http://127.0.0.1:PORT/cdn-cgi/access/certs`
     pub fn url(&self) -> String {
-        format!("http://{}/cdn-cgi/access/certs", self.addr)
+        format!("http://{}/cdn-cgi/access/certs", self.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.addr()
     }
 
     /// Takes effect for the next request.
     pub fn set(&self, b: Behavior) {
-        *lock(&self.shared.source) = Source::Fixed(b);
+        *lock(&self.shared().source) = Source::Fixed(b);
     }
 
     /// `set(Behavior::Json(certs_json(keys)))`.
@@ -219,7 +222,7 @@ impl CertsServer {
     /// Requests received so far (complete request heads, whatever the answer;
     /// for [`Behavior::Garbage`], connections that sent anything).
     pub fn hits(&self) -> usize {
-        self.shared.hits.load(Ordering::SeqCst)
+        self.shared().hits.load(Ordering::SeqCst)
     }
 
     /// Starts on `127.0.0.1:0` answering every request with
@@ -248,92 +251,6 @@ impl CertsServer {
         }
         chain.reverse();
         chain
-    }
-}
-
-impl Drop for CertsServer {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Unblock every connection (Hang, Slow, pending reads and writes).
-        for stream in lock(&self.shared.conns).values() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        // Wake the accept loop.
-        let wake = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => {
-                SocketAddr::from((Ipv4Addr::LOCALHOST, self.addr.port()))
-            }
-            IpAddr::V6(ip) if ip.is_unspecified() => {
-                SocketAddr::from((Ipv6Addr::LOCALHOST, self.addr.port()))
-            }
-            _ => self.addr,
-        };
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>, wrap: Option<Wrap>) {
-    let next_id = AtomicU64::new(0);
-    let mut workers: Vec<JoinHandle<()>> = Vec::new();
-    for incoming in listener.incoming() {
-        if shared.stopping() {
-            break;
-        }
-        let stream = match incoming {
-            Ok(s) => s,
-            Err(_) => {
-                // EMFILE and friends: back off instead of spinning.
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        workers.retain(|h| !h.is_finished());
-        if workers.len() >= MAX_CONNECTIONS {
-            continue; // drops (closes) the stream
-        }
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
-        {
-            // Registering under the lock and re-checking `stop` there means
-            // Drop's sweep cannot miss this connection.
-            let mut conns = lock(&shared.conns);
-            if shared.stopping() {
-                break;
-            }
-            match stream.try_clone() {
-                Ok(clone) => {
-                    conns.insert(id, clone);
-                }
-                Err(_) => continue,
-            }
-        }
-        let s = shared.clone();
-        let wrap = wrap.clone();
-        let spawned = thread::Builder::new()
-            .name("cf-access-dev-conn".into())
-            .spawn(move || {
-                let _guard = Deregister(&s, id);
-                let _ = serve(stream, &s, wrap.as_ref());
-            });
-        match spawned {
-            Ok(h) => workers.push(h),
-            Err(_) => {
-                lock(&shared.conns).remove(&id);
-            }
-        }
-    }
-    for h in workers {
-        let _ = h.join();
-    }
-}
-
-struct Deregister<'a>(&'a Shared, u64);
-
-impl Drop for Deregister<'_> {
-    fn drop(&mut self) {
-        lock(&self.0.conns).remove(&self.1);
     }
 }
 
@@ -453,12 +370,12 @@ fn sleep_unless_stopped(d: Duration, shared: &Shared) -> bool {
 
 /// Serves one accepted connection, through `wrap` if given. The request
 /// head (and the `wrap` step before it) must arrive within [`HEAD_TIMEOUT`].
-fn serve(stream: TcpStream, shared: &Shared, wrap: Option<&Wrap>) -> io::Result<()> {
+fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
     let deadline = Instant::now() + HEAD_TIMEOUT;
     stream.set_read_timeout(Some(TICK))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     let _ = stream.set_nodelay(true);
-    match wrap {
+    match &shared.wrap {
         None => handle(&mut { stream }, shared, deadline),
         Some(wrap) => match wrap(stream, deadline, &|| shared.stopping()) {
             Some(mut conn) => handle(&mut *conn, shared, deadline),
@@ -930,10 +847,10 @@ mod tests {
             every_ms: 5,
         });
         let s = trickle_client(srv.addr(), 2);
-        assert_eq!(lock(&srv.shared.conns).len(), 1);
+        assert_eq!(srv.shared().conns.live(), 1);
         drop(s);
         let t = Instant::now();
-        while !lock(&srv.shared.conns).is_empty() {
+        while srv.shared().conns.live() > 0 {
             assert!(
                 t.elapsed() < Duration::from_secs(2),
                 "trickle still running"
