@@ -275,18 +275,21 @@ mod tests {
     use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
     use serde_json::Value;
 
+    /// A `mint --count` command line, parsed: the options and the batch.
+    fn parse_batch(line: &str) -> (cli::Mint, cli::Batch) {
+        let args: Vec<String> = line.split(' ').map(String::from).collect();
+        let Ok(Command::Mint(m)) = cli::parse(&args) else {
+            panic!("not a mint command: {line}")
+        };
+        let batch = m.batch.clone().expect("--count");
+        (m, batch)
+    }
+
     #[test]
     fn batch_is_ordered_distinct_and_valid() {
         let key = KeyPair::generate();
-        let args: Vec<String> =
-            "mint --key k --team t.example --aud A --count 7 --first 10 --threads 3"
-                .split(' ')
-                .map(String::from)
-                .collect();
-        let Ok(Command::Mint(m)) = cli::parse(&args) else {
-            panic!()
-        };
-        let batch = m.batch.clone().unwrap();
+        let (m, batch) =
+            parse_batch("mint --key k --team t.example --aud A --count 7 --first 10 --threads 3");
         let mut out = Vec::new();
         let mut seen = Vec::new();
         // Chunks of 2 on 3 threads: the writer must reorder them.
@@ -322,14 +325,7 @@ mod tests {
             }
         }
         let key = KeyPair::generate();
-        let args: Vec<String> = "mint --key k --team t --aud A --count 50 --threads 2"
-            .split(' ')
-            .map(String::from)
-            .collect();
-        let Ok(Command::Mint(m)) = cli::parse(&args) else {
-            panic!()
-        };
-        let batch = m.batch.clone().unwrap();
+        let (m, batch) = parse_batch("mint --key k --team t --aud A --count 50 --threads 2");
         let r = mint_batch(&key, &m, &batch, now(), 1, &mut Full, &mut |_| {});
         assert_eq!(r.unwrap_err().to_string(), "disk full");
     }
