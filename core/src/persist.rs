@@ -8,11 +8,15 @@
 //! so both directions distrust the file system:
 //!
 //! - the parent directory is reached by walking its path from `/`, one component at a time
-//!   (`openat(O_NOFOLLOW | O_DIRECTORY)`): no symbolic link is followed anywhere on the way,
-//!   and every directory passed must be owned by root or the effective uid and writable by
-//!   no one else (unless sticky, as `/tmp` is: others cannot rename or remove what is not
-//!   theirs in it); the parent directory itself may not even be sticky and writable by
-//!   others. Everything else happens relative to the descriptor the walk ends with;
+//!   (`openat(O_PATH | O_NOFOLLOW)`, holding each directory while opening the next). Every
+//!   directory passed must be owned by root or the effective uid, not writable by others
+//!   (unless sticky, as `/tmp` is: others cannot rename or remove what is not theirs in
+//!   it), nor by a group other than root's or the effective gid's, nor carry an access ACL
+//!   when group-writable. A symbolic link is followed only if root or the effective uid owns
+//!   it (it sits in a directory that passed those checks), and its target is walked the
+//!   same way, at most 40 links. The parent directory itself may not even be sticky and
+//!   writable by others. Everything else happens relative to the descriptor the walk ends
+//!   with;
 //! - [`load`] opens the file with `O_NOFOLLOW | O_NONBLOCK` (a symlink is refused, a FIFO
 //!   cannot hang the open), then requires a regular file owned by the effective uid, not
 //!   writable by group or others, of at most [`MAX_FILE`] bytes, and reads no more than that;
@@ -24,10 +28,10 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
-use std::fs::{self, File, Permissions};
+use std::fs::{File, Permissions};
 use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
@@ -56,8 +60,10 @@ pub enum PersistError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("directory {0:?} is a symbolic link")]
-    DirSymlink(PathBuf),
+    #[error("symbolic link {path:?} is owned by uid {uid}, not {}", dir_owners(.euid))]
+    LinkOwner { path: PathBuf, uid: u32, euid: u32 },
+    #[error("too many symbolic links on the way to {0:?}")]
+    TooManyLinks(PathBuf),
     #[error("{0:?} is not a directory")]
     NotDir(PathBuf),
     #[error("directory {path:?} is owned by uid {uid}, not {}", dir_owners(.euid))]
@@ -66,6 +72,8 @@ pub enum PersistError {
     DirWritable { path: PathBuf, mode: u32 },
     #[error("directory {path:?} is writable by group {gid} (mode {mode:04o})")]
     DirGroupWritable { path: PathBuf, gid: u32, mode: u32 },
+    #[error("directory {path:?} is group-writable and has an access ACL (mode {mode:04o})")]
+    DirAcl { path: PathBuf, mode: u32 },
     #[error("{0:?} is a symbolic link")]
     Symlink(PathBuf),
     #[error("{0:?} is not a regular file")]
@@ -214,10 +222,14 @@ fn split(path: &Path) -> Result<(PathBuf, &OsStr), PersistError> {
     Ok((dir, name))
 }
 
-/// Opens the key cache directory by walking its path from `/` without following symbolic
-/// links, checking every directory on the way (see the module's documentation): whoever
-/// can write to one of them could swap what lies below it. `Ok(None)` when a component
-/// does not exist.
+/// Most symbolic links followed on the way to the key cache directory (the kernel's limit).
+const MAX_LINKS: usize = 40;
+
+/// Opens the key cache directory by walking its path from `/` one component at a time,
+/// checking every directory on the way (see the module's documentation): whoever can write
+/// to one of them could swap what lies below it. A symbolic link on the way is followed only
+/// if it is root's or ours (it is in a directory that passed the check); its target is
+/// walked the same way. `Ok(None)` when a component does not exist.
 fn open_dir(dir_path: &Path) -> Result<Option<File>, PersistError> {
     let absolute = if dir_path.is_absolute() {
         dir_path.to_path_buf()
@@ -226,36 +238,105 @@ fn open_dir(dir_path: &Path) -> Result<Option<File>, PersistError> {
             .map_err(|e| io_error("resolve directory", dir_path, e))?
             .join(dir_path)
     };
+    // What is left to walk, the next component last.
+    let mut todo: Vec<OsString> = Vec::new();
+    push_components(&mut todo, &absolute);
+    // The directory reached, as a path without links (for checks' messages and `..`).
     let mut walked = PathBuf::from("/");
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    // SAFETY: the literal is a NUL-terminated string; open(2) keeps no reference to it.
-    let root = unsafe { libc::open(c"/".as_ptr(), flags) };
-    let mut dir = File::from(owned(root).map_err(|e| io_error("open directory", &walked, e))?);
-    for component in absolute.components() {
-        let name = match component {
-            Component::Normal(name) => name,
-            Component::ParentDir => OsStr::new(".."),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => continue,
-        };
+    let mut dir = open_root()?;
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
         check_dir(&walked, &dir, Above)?;
-        walked.push(name);
-        dir = match open_at(&dir, &c_string(name, &walked)?, flags, 0) {
-            Ok(next) => next,
-            Err(e) => {
-                return match e.raw_os_error() {
-                    Some(libc::ENOENT) => Ok(None),
-                    Some(libc::ELOOP) => Err(PersistError::DirSymlink(walked)),
-                    Some(libc::ENOTDIR) if is_symlink(&walked) => {
-                        Err(PersistError::DirSymlink(walked))
-                    }
-                    Some(libc::ENOTDIR) => Err(PersistError::NotDir(walked)),
-                    _ => Err(io_error("open directory", &walked, e)),
-                };
-            }
+        let next = walked.join(&name);
+        // O_PATH | O_NOFOLLOW: a symbolic link is opened as itself, and a directory is opened
+        // without needing read permission on it (search permission is enough, as for a path).
+        let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let opened = match open_at(&dir, &c_string(&name, &next)?, flags, 0) {
+            Ok(opened) => opened,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(io_error("open directory", &next, e)),
         };
+        let meta = opened
+            .metadata()
+            .map_err(|e| io_error("stat directory", &next, e))?;
+        if meta.is_dir() {
+            dir = opened;
+            if name == ".." {
+                walked.pop();
+            } else {
+                walked = next;
+            }
+            continue;
+        }
+        if !meta.file_type().is_symlink() {
+            return Err(PersistError::NotDir(next));
+        }
+        let euid = effective_uid();
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(PersistError::LinkOwner {
+                path: next,
+                uid: meta.uid(),
+                euid,
+            });
+        }
+        links += 1;
+        if links > MAX_LINKS {
+            return Err(PersistError::TooManyLinks(absolute));
+        }
+        let target = read_link(&opened).map_err(|e| io_error("read link", &next, e))?;
+        if target.is_absolute() {
+            dir = open_root()?;
+            walked = PathBuf::from("/");
+        }
+        push_components(&mut todo, &target);
     }
     check_dir(&walked, &dir, Parent)?;
+    // A descriptor that can be synced (an O_PATH one cannot).
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let dir = open_at(&dir, c".", flags, 0).map_err(|e| io_error("open directory", &walked, e))?;
     Ok(Some(dir))
+}
+
+/// Pushes the components of `path` on `todo` so that its first component is popped first.
+fn push_components(todo: &mut Vec<OsString>, path: &Path) {
+    for component in path.components().rev() {
+        match component {
+            Component::Normal(name) => todo.push(name.to_os_string()),
+            Component::ParentDir => todo.push("..".into()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+}
+
+fn open_root() -> Result<File, PersistError> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    // SAFETY: the literal is a NUL-terminated string; open(2) keeps no reference to it.
+    let fd = unsafe { libc::open(c"/".as_ptr(), flags) };
+    owned(fd)
+        .map(File::from)
+        .map_err(|e| io_error("open directory", Path::new("/"), e))
+}
+
+/// The target of the symbolic link `link` (a descriptor opened with `O_PATH | O_NOFOLLOW`).
+fn read_link(link: &File) -> io::Result<PathBuf> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: `link` is open for the duration of the call, the empty path is a
+    // NUL-terminated literal, `buf` is writable for its whole length, and readlinkat(2)
+    // keeps no reference to any of them.
+    let n = unsafe {
+        libc::readlinkat(
+            link.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    if n >= buf.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    buf.truncate(n);
+    Ok(PathBuf::from(OsString::from_vec(buf)))
 }
 
 /// Which directory [`check_dir`] checks.
@@ -267,11 +348,6 @@ enum DirRole {
     Parent,
 }
 use DirRole::{Above, Parent};
-
-/// Whether the last component of `path` is a symbolic link (for the error message only).
-fn is_symlink(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
-}
 
 /// Refuses a directory that anyone but root or the effective user could write to (or, for
 /// a directory above, change entries of root's or ours in: a sticky one is allowed there).
@@ -298,14 +374,44 @@ fn check_dir(dir_path: &Path, dir: &File, role: DirRole) -> Result<(), PersistEr
     if mode & 0o002 != 0 {
         return Err(PersistError::DirWritable { path: path(), mode });
     }
-    if mode & 0o020 != 0 && meta.gid() != 0 && meta.gid() != effective_gid() {
-        return Err(PersistError::DirGroupWritable {
-            path: path(),
-            gid: meta.gid(),
-            mode,
-        });
+    if mode & 0o020 != 0 {
+        if meta.gid() != 0 && meta.gid() != effective_gid() {
+            return Err(PersistError::DirGroupWritable {
+                path: path(),
+                gid: meta.gid(),
+                mode,
+            });
+        }
+        // With an access ACL, the group bits are its mask: a named user or group may write.
+        if has_access_acl(dir).map_err(|e| io_error("read the ACL of", dir_path, e))? {
+            return Err(PersistError::DirAcl { path: path(), mode });
+        }
     }
     Ok(())
+}
+
+/// Whether `dir` (any descriptor, `O_PATH` ones included) carries a POSIX access ACL.
+fn has_access_acl(dir: &File) -> io::Result<bool> {
+    let proc_path = CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both strings are NUL-terminated and outlive the call; a null buffer of size 0
+    // asks for the attribute's size only, and getxattr(2) keeps no reference to anything.
+    let rc = unsafe {
+        libc::getxattr(
+            proc_path.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc >= 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(e),
+    }
 }
 
 /// Refuses anything but a regular file of ours, writable only by us, of at most
@@ -441,6 +547,7 @@ fn io_error(what: &'static str, path: &Path, source: io::Error) -> PersistError 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::{symlink, DirBuilderExt as _};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
@@ -614,15 +721,28 @@ mod tests {
     }
 
     #[test]
-    fn load_refuses_symlinked_directory() {
+    fn a_symlinked_directory_is_followed_only_if_the_link_is_roots_or_ours() {
         let real = TempDir::new();
         write_cache(&real.join("keys.json"));
         let holder = TempDir::new();
         let link = holder.join("link");
         symlink(&real.0, &link).unwrap();
+        assert!(load(&link.join("keys.json")).unwrap().is_some());
+        store(&link.join("keys.json"), &encoded()).unwrap();
+        if effective_uid() != 0 {
+            return; // lchown needs root
+        }
+        // A link someone else owns (in a sticky directory, say) may point anywhere they like.
+        std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
         let err = load(&link.join("keys.json")).unwrap_err();
-        assert!(matches!(err, PersistError::DirSymlink(_)), "{err:?}");
-        assert!(err.to_string().contains("is a symbolic link"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("symbolic link {link:?} is owned by uid 65534, not 0")
+        );
+        assert!(matches!(
+            store(&link.join("keys.json"), &encoded()).unwrap_err(),
+            PersistError::LinkOwner { .. }
+        ));
     }
 
     #[test]
@@ -786,28 +906,85 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_symlink_anywhere_on_the_path() {
+    fn links_on_the_path_lead_to_a_directory_that_is_checked_too() {
         let real = TempDir::new();
         let sub = real.join("sub");
         fs::DirBuilder::new().mode(0o755).create(&sub).unwrap();
         write_cache(&sub.join("keys.json"));
         let holder = TempDir::new();
-        let link = holder.join("link");
-        symlink(&real.0, &link).unwrap();
-        let path = link.join("sub").join("keys.json");
-        let err = load(&path).unwrap_err();
-        assert!(matches!(err, PersistError::DirSymlink(_)), "{err:?}");
+        // Relative and absolute targets, and `..` walked like any other component.
+        symlink(&real.0, holder.join("abs")).unwrap();
+        symlink(
+            format!("../{}", real.0.file_name().unwrap().to_str().unwrap()),
+            holder.join("rel"),
+        )
+        .unwrap();
+        for path in [
+            holder.join("abs").join("sub").join("keys.json"),
+            holder.join("rel").join("sub").join("keys.json"),
+            real.join("sub").join("..").join("sub").join("keys.json"),
+        ] {
+            assert!(load(&path).unwrap().is_some(), "{path:?}");
+        }
+        // The target's directories are checked like any other.
+        fs::set_permissions(&real.0, Permissions::from_mode(0o777)).unwrap();
+        let err = load(&holder.join("abs").join("sub").join("keys.json")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("directory {link:?} is a symbolic link")
+            format!("directory {:?} is writable by others (mode 0777)", real.0)
         );
-        assert!(matches!(
-            store(&path, &encoded()).unwrap_err(),
-            PersistError::DirSymlink(_)
-        ));
-        // `..` is walked like any other component.
-        let dotdot = real.join("sub").join("..").join("sub").join("keys.json");
-        assert!(load(&dotdot).unwrap().is_some());
+        fs::set_permissions(&real.0, Permissions::from_mode(0o755)).unwrap();
+        // A loop ends.
+        symlink(holder.join("loop"), holder.join("loop")).unwrap();
+        let err = load(&holder.join("loop").join("keys.json")).unwrap_err();
+        assert!(matches!(err, PersistError::TooManyLinks(_)), "{err:?}");
+        // A link to a file is not a directory.
+        symlink(sub.join("keys.json"), holder.join("file")).unwrap();
+        let err = load(&holder.join("file").join("keys.json")).unwrap_err();
+        assert!(matches!(err, PersistError::NotDir(_)), "{err:?}");
+    }
+
+    #[test]
+    fn refuses_a_group_writable_directory_with_an_acl() {
+        let dir = TempDir::new();
+        let path = dir.join("keys.json");
+        write_cache(&path);
+        fs::set_permissions(&dir.0, Permissions::from_mode(0o775)).unwrap();
+        // Group-writable by root's (or our) group, no ACL: accepted.
+        assert!(load(&path).unwrap().is_some());
+        // An access ACL giving uid 65534 rwx (the group bits become its mask, rwx).
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (0x01u16, 7u16, u32::MAX), // user::rwx
+            (0x02, 7, 65534),          // user:65534:rwx
+            (0x04, 5, u32::MAX),       // group::r-x
+            (0x10, 7, u32::MAX),       // mask::rwx
+            (0x20, 5, u32::MAX),       // other::r-x
+        ] {
+            acl.extend_from_slice(&tag.to_le_bytes());
+            acl.extend_from_slice(&perm.to_le_bytes());
+            acl.extend_from_slice(&id.to_le_bytes());
+        }
+        let c_dir = CString::new(dir.0.as_os_str().as_bytes()).unwrap();
+        // SAFETY: the strings are NUL-terminated and `acl` is readable for its length; none is
+        // kept by setxattr(2).
+        let rc = unsafe {
+            libc::setxattr(
+                c_dir.as_ptr(),
+                c"system.posix_acl_access".as_ptr(),
+                acl.as_ptr().cast(),
+                acl.len(),
+                0,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "setxattr: {e}");
+            return; // a file system without ACLs
+        }
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, PersistError::DirAcl { .. }), "{err:?}");
+        assert!(err.to_string().contains("has an access ACL"), "{err}");
     }
 
     #[test]
