@@ -57,7 +57,7 @@ impl Hash for TokenBytes {
 
 /// A cached token (the allocation its `Verified` keeps), hashed and compared as
 /// [`TokenBytes`], so that a lookup by the request's bytes finds it.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 struct TokenKey(Arc<str>);
 
 impl Borrow<TokenBytes> for TokenKey {
@@ -71,14 +71,6 @@ impl Hash for TokenKey {
         Borrow::<TokenBytes>::borrow(self).hash(state)
     }
 }
-
-impl PartialEq for TokenKey {
-    fn eq(&self, other: &TokenKey) -> bool {
-        self.0 == other.0
-    }
-}
-
-impl Eq for TokenKey {}
 
 /// Entries evicted least-recently-used first; expired entries are dropped when met.
 pub struct TokenCache {
