@@ -305,6 +305,14 @@ mod tests {
     }
 
     /// A zone holding set 7, fetched at T0, next due an hour later; `local` holds it.
+    /// Another process, verifying with set `seq` and wishing for nothing.
+    fn holding(seq: u64) -> Local {
+        Local {
+            held: seq,
+            wish: None,
+        }
+    }
+
     fn settled() -> (Shared, Local) {
         let mut s = Shared::default();
         let mut l = Local::default();
@@ -410,10 +418,7 @@ mod tests {
     #[test]
     fn unknown_kids_force_one_fetch_per_gap_instance_wide() {
         let (mut s, mut a) = settled();
-        let mut b = Local {
-            held: 7,
-            wish: None,
-        };
+        let mut b = holding(7);
         let t = T0 + 20 * SEC;
         a.wish(t);
         b.wish(t + 1);
@@ -460,10 +465,7 @@ mod tests {
     #[test]
     fn adopting_a_newer_set_drops_the_wish() {
         let (mut s, mut a) = settled();
-        let mut b = Local {
-            held: 7,
-            wish: None,
-        };
+        let mut b = holding(7);
         let t = T0 + 20 * SEC;
         a.wish(t);
         decide(&mut s, &mut a, t, HOUR, me(A), alive);
