@@ -7,7 +7,7 @@ CF_ACCESS_DEBS=(build-essential pkg-config libclang-dev libpcre2-dev libssl-dev 
 ensure_deps() {
     local missing=() pkg
     for pkg in "${CF_ACCESS_DEBS[@]}" "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep 'ok installed' >/dev/null || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then
         if [ "$(id -u)" -eq 0 ]; then
