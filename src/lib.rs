@@ -10,7 +10,7 @@
 //! - `keys/`: this process's key sets, one bounded fetch, one refresh round, the key cache
 //!   file; `refresher.rs`: the per-worker thread running refresh rounds;
 //! - `lifecycle.rs`: the master's round at start and reload, starting and stopping the
-//!   refresher;
+//!   refresher, saving the key cache file as the master exits;
 //! - `cf-access-core` (core/): token, JWKS and claims logic, free of nginx.
 
 use std::ffi::{c_char, c_void};
@@ -161,5 +161,6 @@ pub static mut ngx_http_cf_access_module: ngx_module_t = ngx_module_t {
     init_module: Some(lifecycle::init_module),
     init_process: Some(lifecycle::init_process),
     exit_process: Some(lifecycle::exit_process),
+    exit_master: Some(lifecycle::exit_master),
     ..ngx_module_t::default()
 };

@@ -1,6 +1,7 @@
 //! Process hooks: the master's round over every certs URL after loading the configuration,
-//! and the per-worker refresher's start and stop. A panic in either is caught: it must not
-//! unwind into nginx (which would abort the master).
+//! the per-worker refresher's start and stop, and the master saving the key cache file as
+//! it exits. A panic in any of them is caught: it must not unwind into nginx (which would
+//! abort the process).
 
 use std::panic::{self, AssertUnwindSafe};
 
@@ -149,4 +150,32 @@ fn start_worker(cycle: &ngx_cycle_t) -> Status {
 
 pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     refresher::stop();
+}
+
+/// In the master as it exits (`nginx -s quit`, `nginx -s stop`, and with `master_process
+/// off`), after its workers are gone: saves the zone's sets to the key cache file, so that a
+/// restart during an outage starts from the newest set the workers fetched rather than the
+/// one of the last start or reload.
+pub extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
+    // SAFETY: nginx passes the current cycle, valid until the master exits.
+    let cycle = unsafe { &*cycle };
+    if panic::catch_unwind(AssertUnwindSafe(|| save_on_exit(cycle))).is_err() {
+        ngx_log_error!(
+            NGX_LOG_ALERT,
+            cycle.log,
+            "cf_access: saving the key cache panicked"
+        );
+    }
+}
+
+fn save_on_exit(cycle: &ngx_cycle_t) {
+    let Some(main) = Module::main_conf(cycle) else {
+        return;
+    };
+    let (Some(path), Some(zone)) = (&main.keys_cache, zone::current()) else {
+        return;
+    };
+    // SAFETY: the cycle's log outlives this call, the only use of `log`.
+    let log = unsafe { log::ThreadLog::new(cycle.log) };
+    saved::write(&zone, &main.stores, path, &log);
 }

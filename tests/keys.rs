@@ -15,7 +15,7 @@ use cf_access_dev::{
     certs_json, now, user_claims, Behavior, CertsServer, ConnectProxy, KeyPair, TlsCertsServer,
 };
 use cf_access_testkit::site::{token, AUD, HDR, TEAM};
-use cf_access_testkit::{send_signal, Nginx};
+use cf_access_testkit::{process_alive, send_signal, Nginx};
 use serde_json::json;
 
 fn status(nginx: &Nginx, key: &KeyPair) -> (u16, String) {
@@ -284,6 +284,56 @@ fn a_good_key_cache_serves_a_start_during_an_outage() {
     assert_eq!(status(&nginx, &key).0, 200, "{}", nginx.error_log());
     assert!(nginx.error_log().contains("from the key cache"));
     nginx.assert_clean(&[]);
+}
+
+/// The workers fetched a newer set than the master's last start or reload saw; the master
+/// saves it as it exits (`signal`: SIGQUIT is `nginx -s quit`, SIGTERM `nginx -s stop`), so
+/// a restart during an outage serves the new key and refuses the retired one.
+fn a_stop_saves_the_newest_set(signal: libc::c_int) {
+    let (old, new) = (KeyPair::generate(), KeyPair::generate());
+    let cache = CacheDir::new();
+    let certs = CertsServer::start_with_keys(&[&old]);
+    let site = || {
+        Nginx::builder()
+            .protected_site((TEAM, AUD, &certs.url()), &cache.directive(), "")
+            .start()
+    };
+    let nginx = site();
+    rotate(&nginx, &certs, &old, &new);
+    let saved = fs::read_to_string(cache.file()).unwrap();
+    assert!(
+        saved.contains(old.kid()) && !saved.contains(new.kid()),
+        "only the start has written the cache so far: {saved}"
+    );
+    let master = nginx.pid();
+    assert!(send_signal(master, signal));
+    nginx.wait_until(Duration::from_secs(5), "the master to exit", || {
+        !process_alive(master)
+    });
+    let saved = fs::read_to_string(cache.file()).unwrap();
+    assert!(
+        saved.contains(new.kid()) && !saved.contains(old.kid()),
+        "the exiting master saves the zone's set: {saved}\n{}",
+        nginx.error_log()
+    );
+    nginx.assert_clean(&[]);
+    drop(nginx);
+
+    certs.set(Behavior::Status(503, "down".into()));
+    let nginx = site();
+    assert_eq!(status(&nginx, &new).0, 200, "{}", nginx.error_log());
+    assert_eq!(status(&nginx, &old), (403, "unknown_kid".into()));
+    nginx.assert_clean(&[]);
+}
+
+#[test]
+fn a_quit_saves_the_newest_set_for_a_restart_during_an_outage() {
+    a_stop_saves_the_newest_set(libc::SIGQUIT);
+}
+
+#[test]
+fn a_fast_stop_saves_the_newest_set_too() {
+    a_stop_saves_the_newest_set(libc::SIGTERM);
 }
 
 #[test]
