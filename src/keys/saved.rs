@@ -1,7 +1,7 @@
 //! The key cache file (`cf_access_keys_cache`), in the master only: read at every start and
 //! reload to offer sets newer than the zone's (a start during an outage), then rewritten
-//! from the zone, and rewritten again as the master exits. Workers never touch it. Opening and checking the file safely is the
-//! core's (`cf_access_core::persist`).
+//! from the zone, and rewritten again as the master exits. Workers never touch it. Opening
+//! and checking the file safely is the core's (`cf_access_core::persist`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
