@@ -347,10 +347,10 @@ fn realtime_after(wait: Duration) -> libc::timespec {
     // SAFETY: clock_gettime writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
     let nanos = now.tv_nsec as u64 + u64::from(wait.subsec_nanos());
+    // `as _`: the type of tv_sec (libc deprecates its time_t alias on musl).
+    let secs = wait.as_secs().saturating_add(nanos / 1_000_000_000);
     libc::timespec {
-        tv_sec: now.tv_sec
-            + wait.as_secs() as libc::time_t
-            + (nanos / 1_000_000_000) as libc::time_t,
+        tv_sec: now.tv_sec.saturating_add(secs.min(i64::MAX as u64) as _),
         tv_nsec: (nanos % 1_000_000_000) as _,
     }
 }
