@@ -11,7 +11,8 @@
 #       nginx-cf-access
 #
 # Build arguments (all optional):
-#   NGINX_VERSION  the nginx version (1.28.3: the version CI builds and tests)
+#   NGINX_VERSION  the nginx version (1.30.6, nginx's stable line; CI builds and tests the
+#                  image on stand-ins for nginx:1.30.6 and nginx:1.28.3)
 #   NGINX_IMAGE    the runtime image, an official nginx image (default nginx:NGINX_VERSION);
 #                  the module is built in it as well, so it matches its nginx -V exactly
 #   RUST_IMAGE     where the Rust toolchain is copied from: any image with rustup's layout,
@@ -35,7 +36,7 @@
 # mount that tmpfs with uid=101: a tmpfs belongs to root). Ports below 1024 need root, or a
 # runtime that allows them.
 
-ARG NGINX_VERSION=1.28.3
+ARG NGINX_VERSION=1.30.6
 ARG NGINX_IMAGE=nginx:${NGINX_VERSION}
 ARG RUST_IMAGE=rust:1.95.0-slim
 
@@ -63,7 +64,8 @@ WORKDIR /src
 COPY . .
 # Crates from vendor/ when the context has it; nginx's source from NGINX_SOURCE (see above).
 # nginx -V of this image's /usr/sbin/nginx gives the version and configure arguments; the
-# script checks that this nginx loads the result.
+# script checks that this nginx loads the result. The cache of cargo's output is one per
+# base image's release: build scripts compiled on a newer glibc do not run on an older one.
 RUN --mount=type=cache,target=/src/target \
     if [ -d vendor ]; then \
         printf '%s\n' '[source.crates-io]' 'replace-with = "vendored-sources"' \
@@ -72,7 +74,8 @@ RUN --mount=type=cache,target=/src/target \
         echo "crates: vendor/ (offline)"; \
     fi \
     && cargo --version \
-    && scripts/build-for-nginx --nginx /usr/sbin/nginx ${NGINX_SOURCE:+--source "$NGINX_SOURCE"} \
+    && CARGO_TARGET_DIR="/src/target/$(. /etc/os-release && echo "$ID-${VERSION_CODENAME:-$VERSION_ID}")" \
+        scripts/build-for-nginx --nginx /usr/sbin/nginx ${NGINX_SOURCE:+--source "$NGINX_SOURCE"} \
         --out /out/ngx_http_cf_access_module.so
 
 # --- runtime: the nginx image and the module, no build tools ---------------------------------
