@@ -51,41 +51,13 @@ const fn command(name: ngx_str_t, flags: u32, set: SetFn) -> ngx_command_t {
 }
 
 pub static mut COMMANDS: [ngx_command_t; 13] = [
-    command(
-        ngx_string!("cf_access"),
-        ANY_LEVEL | NGX_CONF_TAKE1,
-        set_mode,
-    ),
-    command(
-        ngx_string!("cf_access_team_domain"),
-        ANY_LEVEL | NGX_CONF_TAKE1,
-        set_team_domain,
-    ),
-    command(
-        ngx_string!("cf_access_aud"),
-        ANY_LEVEL | NGX_CONF_1MORE,
-        set_audiences,
-    ),
-    command(
-        ngx_string!("cf_access_certs_url"),
-        ANY_LEVEL | NGX_CONF_TAKE1,
-        set_certs_url,
-    ),
-    command(
-        ngx_string!("cf_access_leeway"),
-        ANY_LEVEL | NGX_CONF_TAKE1,
-        set_leeway,
-    ),
-    command(
-        ngx_string!("cf_access_require"),
-        ANY_LEVEL | NGX_CONF_1MORE,
-        set_require,
-    ),
-    command(
-        ngx_string!("cf_access_refresh"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        set_refresh,
-    ),
+    command(ngx_string!("cf_access"), ANY_LEVEL | NGX_CONF_TAKE1, set_mode),
+    command(ngx_string!("cf_access_team_domain"), ANY_LEVEL | NGX_CONF_TAKE1, set_team_domain),
+    command(ngx_string!("cf_access_aud"), ANY_LEVEL | NGX_CONF_1MORE, set_audiences),
+    command(ngx_string!("cf_access_certs_url"), ANY_LEVEL | NGX_CONF_TAKE1, set_certs_url),
+    command(ngx_string!("cf_access_leeway"), ANY_LEVEL | NGX_CONF_TAKE1, set_leeway),
+    command(ngx_string!("cf_access_require"), ANY_LEVEL | NGX_CONF_1MORE, set_require),
+    command(ngx_string!("cf_access_refresh"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_refresh),
     command(
         ngx_string!("cf_access_cache_size"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
@@ -96,11 +68,7 @@ pub static mut COMMANDS: [ngx_command_t; 13] = [
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         set_keys_cache,
     ),
-    command(
-        ngx_string!("cf_access_proxy"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        set_proxy,
-    ),
+    command(ngx_string!("cf_access_proxy"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_proxy),
     command(
         ngx_string!("cf_access_trusted_certificate"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
@@ -212,11 +180,7 @@ impl Directive<'_> {
         // SAFETY: nginx fills cf->args with the directive name and its arguments, and
         // checks their number against the command's type before calling the handler.
         let all = unsafe { (*(*cf).args).as_slice::<ngx_str_t>() };
-        Directive {
-            cf,
-            cmd,
-            args: all.get(1..).unwrap_or(&[]),
-        }
+        Directive { cf, cmd, args: all.get(1..).unwrap_or(&[]) }
     }
 
     fn arg(&self) -> &ngx_str_t {
@@ -271,11 +235,7 @@ impl Directive<'_> {
     fn full_path(&self, path: &str, conf: bool) -> PathBuf {
         // SAFETY: cf->cycle is the cycle being configured.
         let cycle = unsafe { &*(*self.cf).cycle };
-        let prefix = if conf {
-            &cycle.conf_prefix
-        } else {
-            &cycle.prefix
-        };
+        let prefix = if conf { &cycle.conf_prefix } else { &cycle.prefix };
         PathBuf::from(prefix.to_string()).join(path)
     }
 }
@@ -500,20 +460,11 @@ impl LocConf {
         if mode == Mode::Off {
             return Ok(());
         }
-        let at = self
-            .mode_at
-            .as_ref()
-            .map(|at| format!(" in {at}"))
-            .unwrap_or_default();
-        let team = self
-            .team_domain
-            .as_deref()
-            .ok_or_else(|| MergeError::NoTeamDomain(at.clone()))?;
+        let at = self.mode_at.as_ref().map(|at| format!(" in {at}")).unwrap_or_default();
+        let team =
+            self.team_domain.as_deref().ok_or_else(|| MergeError::NoTeamDomain(at.clone()))?;
         let audiences = self.audiences.clone().ok_or(MergeError::NoAudience(at))?;
-        let url = self
-            .certs_url
-            .clone()
-            .unwrap_or_else(|| config::default_certs_url(team));
+        let url = self.certs_url.clone().unwrap_or_else(|| config::default_certs_url(team));
         let store = keys::store_for(&url);
         if !main.stores.iter().any(|s| Arc::ptr_eq(s, &store)) {
             main.stores.push(store.clone());

@@ -58,14 +58,9 @@ pub fn verdict<'r>(r: &'r Request, verifier: &Rc<Verifier>) -> Option<&'r Reques
             crate::refresher::wake();
         }
     }
-    let check = Check {
-        policy: &verifier.policy,
-        keys: snapshot.as_deref().map(|s| &s.set),
-        now: now(),
-    };
-    let headers = r
-        .headers_in_iterator()
-        .map(|(name, value)| (name.as_bytes(), value.as_bytes()));
+    let check =
+        Check { policy: &verifier.policy, keys: snapshot.as_deref().map(|s| &s.set), now: now() };
+    let headers = r.headers_in_iterator().map(|(name, value)| (name.as_bytes(), value.as_bytes()));
     let (decision, (hits, misses)) = CACHE.with_borrow_mut(|cache| {
         let decision = decide::decide(headers, &check, cache);
         (decision, cache.take_lookups())
@@ -133,11 +128,7 @@ fn check_requires(r: &Request, ctx: &RequestCtx, verifier: &Verifier) {
 /// The one line a refused request gets (`info`).
 fn log_denial(r: &Request, mode: Mode, status: Status, why: &str) {
     let would = if mode == Mode::Report { "report: " } else { "" };
-    let verb = if mode == Mode::Report {
-        "would be denied"
-    } else {
-        "denied"
-    };
+    let verb = if mode == Mode::Report { "would be denied" } else { "denied" };
     ngx_log_error!(
         NGX_LOG_INFO,
         r.log(),

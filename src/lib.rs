@@ -78,14 +78,8 @@ impl HttpModule for Module {
         // Within a phase nginx runs the handlers added last first: this module's rewrite
         // handler runs before the rewrite module's (`return`, `rewrite`, `if`).
         for (phase, handler) in [
-            (
-                ngx_http_phases_NGX_HTTP_REWRITE_PHASE,
-                handler::rewrite_handler as HandlerFn,
-            ),
-            (
-                ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
-                handler::access_handler,
-            ),
+            (ngx_http_phases_NGX_HTTP_REWRITE_PHASE, handler::rewrite_handler as HandlerFn),
+            (ngx_http_phases_NGX_HTTP_ACCESS_PHASE, handler::access_handler),
             (ngx_http_phases_NGX_HTTP_LOG_PHASE, metrics::log_handler),
         ] {
             let phase = &mut cmcf.phases[phase as usize];

@@ -160,11 +160,7 @@ pub extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
     // SAFETY: nginx passes the current cycle, valid until the master exits.
     let cycle = unsafe { &*cycle };
     if panic::catch_unwind(AssertUnwindSafe(|| save_on_exit(cycle))).is_err() {
-        ngx_log_error!(
-            NGX_LOG_ALERT,
-            cycle.log,
-            "cf_access: saving the key cache panicked"
-        );
+        ngx_log_error!(NGX_LOG_ALERT, cycle.log, "cf_access: saving the key cache panicked");
     }
 }
 

@@ -81,11 +81,8 @@ fn answer(r: &Request) -> Option<(HTTPStatus, ngx_str_t, String)> {
     let args = r.as_ref().args.as_bytes();
     let snapshot = match zone::current() {
         Some(zone) => {
-            let sources: Vec<(usize, &str)> = main
-                .stores
-                .iter()
-                .filter_map(|s| Some((s.slot()?, s.url.as_str())))
-                .collect();
+            let sources: Vec<(usize, &str)> =
+                main.stores.iter().filter_map(|s| Some((s.slot()?, s.url.as_str()))).collect();
             metrics::snapshot(&zone, &sources, LOCK_WAIT, mono_ms(), unix_now()).ok()?
         }
         // No location uses cf_access: nothing to count, nothing to wait for.
@@ -98,11 +95,7 @@ fn answer(r: &Request) -> Option<(HTTPStatus, ngx_str_t, String)> {
             ngx_string!("text/plain; version=0.0.4; charset=utf-8"),
             metrics::prometheus(&snapshot),
         ),
-        Query::Json => (
-            HTTPStatus::OK,
-            ngx_string!("application/json"),
-            metrics::json(&snapshot),
-        ),
+        Query::Json => (HTTPStatus::OK, ngx_string!("application/json"), metrics::json(&snapshot)),
         Query::Ready if snapshot.ready() => (HTTPStatus::OK, text, "ready\n".into()),
         Query::Ready => (HTTPStatus::SERVICE_UNAVAILABLE, text, "not ready\n".into()),
     })
@@ -139,9 +132,6 @@ unsafe extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     };
     buf.set_last_buf(r.is_main());
     buf.set_last_in_chain(true);
-    let mut out = ngx_chain_t {
-        buf: buf.as_ngx_buf_mut(),
-        next: std::ptr::null_mut(),
-    };
+    let mut out = ngx_chain_t { buf: buf.as_ngx_buf_mut(), next: std::ptr::null_mut() };
     r.output_filter(&mut out).into()
 }

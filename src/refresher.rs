@@ -25,10 +25,7 @@ struct Control {
     wake: Condvar,
 }
 
-static CONTROL: Control = Control {
-    stop: Mutex::new(false),
-    wake: Condvar::new(),
-};
+static CONTROL: Control = Control { stop: Mutex::new(false), wake: Condvar::new() };
 
 fn stop_flag() -> MutexGuard<'static, bool> {
     CONTROL.stop.lock().unwrap_or_else(|p| p.into_inner())
@@ -70,11 +67,7 @@ pub fn start(settings: Settings, log: ThreadLog) -> std::io::Result<()> {
     let targets = settings
         .stores
         .iter()
-        .map(|store| Target {
-            store: store.clone(),
-            wish: None,
-            next: 0,
-        })
+        .map(|store| Target { store: store.clone(), wish: None, next: 0 })
         .collect();
     crate::signals::spawn_with_signals_blocked(move || run(targets, &settings, &log))
 }

@@ -23,10 +23,7 @@ where
     if rc != 0 {
         return Err(std::io::Error::from_raw_os_error(rc));
     }
-    let spawned = thread::Builder::new()
-        .name("cf_access_keys".into())
-        .spawn(f)
-        .map(drop);
+    let spawned = thread::Builder::new().name("cf_access_keys".into()).spawn(f).map(drop);
     // SAFETY: `old` was initialized by the successful pthread_sigmask call above.
     unsafe {
         pthread_sigmask(SIG_SETMASK as _, old.as_ptr(), std::ptr::null_mut());

@@ -85,10 +85,7 @@ static VARIABLES: [Var; 8] = [
 /// Registers the variables (preconfiguration).
 pub fn add(cf: *mut ngx_conf_t) -> NgxStatus {
     for (index, var) in VARIABLES.iter().enumerate() {
-        let mut name = ngx_str_t {
-            len: var.name.len(),
-            data: var.name.as_ptr() as *mut u8,
-        };
+        let mut name = ngx_str_t { len: var.name.len(), data: var.name.as_ptr() as *mut u8 };
         let mut flags = NGX_HTTP_VAR_NOCACHEABLE;
         if var.prefix {
             flags |= NGX_HTTP_VAR_PREFIX;
@@ -103,11 +100,7 @@ pub fn add(cf: *mut ngx_conf_t) -> NgxStatus {
         // nginx replaces `data` with a pointer to the full variable name, so the index is
         // only used for the others.
         unsafe {
-            (*v).get_handler = Some(if var.prefix {
-                get_prefixed
-            } else {
-                get_variable
-            });
+            (*v).get_handler = Some(if var.prefix { get_prefixed } else { get_variable });
             (*v).data = index;
         }
     }
@@ -168,19 +161,12 @@ unsafe extern "C" fn get_prefixed(
 ) -> ngx_int_t {
     // SAFETY: nginx passes a valid request and value slot; for prefix variables `data`
     // points at the variable's full name.
-    let (r, v, name) = unsafe {
-        (
-            Request::from_ngx_http_request(r),
-            &mut *v,
-            &*(data as *const ngx_str_t),
-        )
-    };
+    let (r, v, name) =
+        unsafe { (Request::from_ngx_http_request(r), &mut *v, &*(data as *const ngx_str_t)) };
     let Ok(name) = name.to_str() else {
         return set_value(r, v, None);
     };
-    let var = VARIABLES
-        .iter()
-        .find(|var| var.prefix && name.starts_with(var.name));
+    let var = VARIABLES.iter().find(|var| var.prefix && name.starts_with(var.name));
     let value = match (verdict(r), var) {
         (Some(ctx), Some(var)) => (var.get)(ctx, name),
         _ => None,

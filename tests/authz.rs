@@ -3,6 +3,9 @@
 //! location, subrequests (`auth_request`, SSI, `mirror`), duplicate cookies over HTTP/1.1
 //! and HTTP/2, and report mode.
 
+// A test: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -70,21 +73,9 @@ fn variables_hold_the_verified_identity_in_the_rewrite_phase() {
     );
     let r = get(&nginx, "/p/index.html", Some(&token(&key)));
     assert_eq!(r.status, 200, "{}", nginx.error_log());
-    assert_eq!(
-        r.header("X-Who"),
-        Some(EMAIL),
-        "set in the location rewrite phase"
-    );
-    assert_eq!(
-        r.header("X-Who-Early"),
-        Some(EMAIL),
-        "set in the server rewrite phase"
-    );
-    assert_eq!(
-        r.header("X-Class"),
-        Some("staff"),
-        "the map read early keeps the verified value"
-    );
+    assert_eq!(r.header("X-Who"), Some(EMAIL), "set in the location rewrite phase");
+    assert_eq!(r.header("X-Who-Early"), Some(EMAIL), "set in the server rewrite phase");
+    assert_eq!(r.header("X-Class"), Some("staff"), "the map read early keeps the verified value");
 
     let outsider = token_for(&key, AUD, "eve@elsewhere.org");
     let r = get(&nginx, "/p/index.html", Some(&outsider));
@@ -118,17 +109,10 @@ fn a_return_in_a_protected_location_needs_a_token() {
     let r = get(&nginx, "/r", None);
     assert_eq!(r.status, 403);
     assert!(!r.body.contains("answered by return"));
-    assert_eq!(
-        get(&nginx, "/r", Some(&token(&key))).body,
-        "answered by return\n"
-    );
+    assert_eq!(get(&nginx, "/r", Some(&token(&key))).body, "answered by return\n");
     assert_eq!(get(&nginx, "/moved", None).status, 403);
     assert_eq!(get(&nginx, "/moved", Some(&token(&key))).status, 302);
-    assert!(
-        nginx.error_log().contains("access denied (no_token)"),
-        "{}",
-        nginx.error_log()
-    );
+    assert!(nginx.error_log().contains("access denied (no_token)"), "{}", nginx.error_log());
     nginx.assert_clean(&[]);
 }
 
@@ -189,15 +173,10 @@ fn a_per_user_rate_limit_keys_on_the_verified_email() {
     );
     let alice = token(&key);
     let bob = token_for(&key, AUD, "bob@example.com");
-    let statuses: Vec<u16> = (0..3)
-        .map(|_| get(&nginx, "/p/index.html", Some(&alice)).status)
-        .collect();
+    let statuses: Vec<u16> =
+        (0..3).map(|_| get(&nginx, "/p/index.html", Some(&alice)).status).collect();
     assert_eq!(statuses, [200, 200, 429], "alice is limited");
-    assert_eq!(
-        get(&nginx, "/p/index.html", Some(&bob)).status,
-        200,
-        "bob is not"
-    );
+    assert_eq!(get(&nginx, "/p/index.html", Some(&bob)).status, 200, "bob is not");
     nginx.assert_clean(&[]);
 }
 
@@ -243,21 +222,13 @@ fn subrequests_to_a_protected_location_need_a_token() {
     // SSI: an open page including a protected one.
     let r = get(&nginx, "/open.html", None);
     assert_eq!(r.status, 200);
-    assert!(
-        r.body.starts_with("before") && !r.body.contains("the secret"),
-        "{}",
-        r.body
-    );
+    assert!(r.body.starts_with("before") && !r.body.contains("the secret"), "{}", r.body);
     let r = get(&nginx, "/open.html", Some(&token(&key)));
     assert!(r.body.contains("the secret"), "{}", r.body);
 
     // auth_request to a location that demands another application's token.
     assert_eq!(get(&nginx, "/app/secret.html", None).status, 403);
-    assert_eq!(
-        get(&nginx, "/app/secret.html", Some(&token(&key))).status,
-        403,
-        "wrong aud"
-    );
+    assert_eq!(get(&nginx, "/app/secret.html", Some(&token(&key))).status, 403, "wrong aud");
     let other = token_for(&key, OTHER_AUD, EMAIL);
     let r = get(&nginx, "/app/secret.html", Some(&other));
     assert_eq!((r.status, r.body.as_str()), (200, "the secret\n"));
@@ -265,33 +236,17 @@ fn subrequests_to_a_protected_location_need_a_token() {
     // mirror: the protected upstream is reached only with a token.
     assert_eq!(get(&nginx, "/m/secret.html", None).status, 200);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        backend.hits(),
-        0,
-        "the mirror reached the upstream without a token"
-    );
-    assert_eq!(
-        get(&nginx, "/m/secret.html", Some(&token(&key))).status,
-        200
-    );
-    wait_until(Duration::from_secs(3), "the mirrored request", || {
-        backend.hits() == 1
-    });
+    assert_eq!(backend.hits(), 0, "the mirror reached the upstream without a token");
+    assert_eq!(get(&nginx, "/m/secret.html", Some(&token(&key))).status, 200);
+    wait_until(Duration::from_secs(3), "the mirrored request", || backend.hits() == 1);
     nginx.assert_clean(&[]);
 }
 
 /// curl over HTTP/2 with prior knowledge (h2c), two `Cookie` fields.
 fn curl_h2(port: u16, cookies: &[String]) -> (u16, String) {
     let mut cmd = Command::new("curl");
-    cmd.args([
-        "-s",
-        "--http2-prior-knowledge",
-        "--noproxy",
-        "*",
-        "-o",
-        "/dev/null",
-    ])
-    .args(["-w", "%{http_version} %{http_code}"]);
+    cmd.args(["-s", "--http2-prior-knowledge", "--noproxy", "*", "-o", "/dev/null"])
+        .args(["-w", "%{http_version} %{http_code}"]);
     for c in cookies {
         cmd.arg("-H").arg(format!("Cookie: {c}"));
     }
@@ -331,10 +286,7 @@ fn two_cf_authorization_cookies_are_malformed() {
         nginx.port(),
         "GET",
         "/p/index.html",
-        &[
-            ("Cookie", &one),
-            ("Cookie", &format!("x=1; {COOKIE}={forged}")),
-        ],
+        &[("Cookie", &one), ("Cookie", &format!("x=1; {COOKIE}={forged}"))],
         None,
     )
     .unwrap();
@@ -344,14 +296,8 @@ fn two_cf_authorization_cookies_are_malformed() {
     assert_eq!(r.status, 200);
 
     // HTTP/2: cookie fields (nginx joins them), one or two.
-    assert_eq!(
-        curl_h2(nginx.port(), std::slice::from_ref(&one)),
-        (200, "2".into())
-    );
-    assert_eq!(
-        curl_h2(nginx.port(), &[one, format!("{COOKIE}={forged}")]),
-        (403, "2".into())
-    );
+    assert_eq!(curl_h2(nginx.port(), std::slice::from_ref(&one)), (200, "2".into()));
+    assert_eq!(curl_h2(nginx.port(), &[one, format!("{COOKIE}={forged}")]), (403, "2".into()));
     assert!(nginx.error_log().contains(
         "access denied (malformed): malformed token: more than one CF_Authorization cookie"
     ));
@@ -509,10 +455,6 @@ fn the_token_is_verified_once_however_many_variables_are_read() {
     assert_eq!(r.header("X-C"), Some(EMAIL));
     assert_eq!(r.header("X-D"), Some(EMAIL));
     assert!(r.header("X-B").is_some_and(|s| !s.is_empty()));
-    assert_eq!(
-        lookups() - before,
-        1,
-        "one verification for the whole request"
-    );
+    assert_eq!(lookups() - before, 1, "one verification for the whole request");
     nginx.assert_clean(&[]);
 }

@@ -16,6 +16,9 @@
 //! `demo.conf` (a whole nginx.conf with `@...@` placeholders, used by `scripts/demo`) is
 //! checked with `nginx -t`.
 
+// A test: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,10 +39,7 @@ fn examples() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     let listen = ("NGINX_PORT", "127.0.0.1:{PORT}");
     let team = ("CF_ACCESS_TEAM_DOMAIN", TEAM);
     vec![
-        (
-            "cf-access.conf",
-            vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)],
-        ),
+        ("cf-access.conf", vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)]),
         (
             "multiple-apps.conf",
             vec![
@@ -51,10 +51,7 @@ fn examples() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
                 ("GRAFANA_UPSTREAM", ECHO),
             ],
         ),
-        (
-            "allowlist.conf",
-            vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)],
-        ),
+        ("allowlist.conf", vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)]),
         ("access-log.conf", vec![]),
         ("metrics.conf", vec![("METRICS_PORT", "127.0.0.1:{PORT2}")]),
         (
@@ -67,14 +64,8 @@ fn examples() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
                 ("UPSTREAM", ECHO),
             ],
         ),
-        (
-            "per-user-limit.conf",
-            vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)],
-        ),
-        (
-            "report.conf",
-            vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)],
-        ),
+        ("per-user-limit.conf", vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)]),
+        ("report.conf", vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)]),
     ]
 }
 
@@ -110,10 +101,7 @@ fn example(name: &str) -> String {
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let used = placeholders(&text);
     let given: BTreeSet<String> = vars.iter().map(|(k, _)| k.to_string()).collect();
-    assert_eq!(
-        used, given,
-        "{name}: the placeholders it uses vs. the values the test gives"
-    );
+    assert_eq!(used, given, "{name}: the placeholders it uses vs. the values the test gives");
     for (key, value) in vars {
         text = text.replace(&format!("${{{key}}}"), value);
     }
@@ -196,10 +184,7 @@ fn demo_conf_passes_nginx_t() {
     assert!(!unfilled, "unfilled placeholder in demo.conf:\n{conf}");
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).expect("write nginx.conf");
-    let out = Nginx::command(&dir, &conf_path)
-        .arg("-t")
-        .output()
-        .expect("run nginx -t");
+    let out = Nginx::command(&dir, &conf_path).arg("-t").output().expect("run nginx -t");
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(out.status.success(), "demo.conf: {text}");
@@ -213,15 +198,8 @@ fn reverse_proxy_passes_the_verified_identity_and_drops_a_spoofed_one() {
     let alice = token_for(&key, AUD, "alice@example.com");
     let spoof = ("Cf-Access-Authenticated-User-Email", "mallory@example.com");
 
-    let r = get(
-        &nginx,
-        "/reports/",
-        &[
-            (HDR, &alice),
-            spoof,
-            ("X-User-Email", "mallory@example.com"),
-        ],
-    );
+    let r =
+        get(&nginx, "/reports/", &[(HDR, &alice), spoof, ("X-User-Email", "mallory@example.com")]);
     assert_eq!(r.status, 200, "{}", nginx.error_log());
     assert!(
         r.body.starts_with(
@@ -237,17 +215,10 @@ fn reverse_proxy_passes_the_verified_identity_and_drops_a_spoofed_one() {
     assert_eq!(get(&nginx, "/reports/", &[spoof]).status, 403);
 
     // A service token has no email: the client's header is removed, not passed on.
-    let service = mint(
-        &key,
-        &service_claims(TEAM, AUD, "0123abcd.access", now(), 600),
-    );
+    let service = mint(&key, &service_claims(TEAM, AUD, "0123abcd.access", now(), 600));
     let r = get(&nginx, "/reports/", &[(HDR, &service), spoof]);
     assert_eq!(r.status, 200);
-    assert!(
-        r.body.starts_with("uri=/reports/ cf_email= x_email="),
-        "{}",
-        r.body
-    );
+    assert!(r.body.starts_with("uri=/reports/ cf_email= x_email="), "{}", r.body);
 
     // The health check is open.
     let r = get(&nginx, "/healthz", &[]);
@@ -265,12 +236,7 @@ fn multiple_apps_accept_only_their_own_tokens() {
 
     let r = get(&nginx, "/wiki/Home", &[(HDR, &wiki)]);
     assert_eq!(r.status, 200, "{}", nginx.error_log());
-    assert!(
-        r.body
-            .starts_with("uri=/wiki/Home cf_email=alice@example.com"),
-        "{}",
-        r.body
-    );
+    assert!(r.body.starts_with("uri=/wiki/Home cf_email=alice@example.com"), "{}", r.body);
     assert_eq!(get(&nginx, "/grafana/d/1", &[(HDR, &wiki)]).status, 403);
 
     let r = get(&nginx, "/grafana/d/1", &[(HDR, &grafana)]);
@@ -286,13 +252,7 @@ fn multiple_apps_accept_only_their_own_tokens() {
     // A token for the wrong team's application (same AUD, other issuer) is refused too.
     let other_team = mint(
         &key,
-        &user_claims(
-            "other.cloudflareaccess.com",
-            WIKI_AUD,
-            "eve@example.com",
-            now(),
-            600,
-        ),
+        &user_claims("other.cloudflareaccess.com", WIKI_AUD, "eve@example.com", now(), 600),
     );
     assert_eq!(get(&nginx, "/wiki/Home", &[(HDR, &other_team)]).status, 403);
     assert_eq!(get(&nginx, "/", &[(HDR, &wiki)]).status, 404);
@@ -316,10 +276,7 @@ fn allowlist_lets_internal_addresses_in_and_keeps_the_health_check_open() {
 
     // 127.0.0.1 and a public address are not on the list: a token is needed.
     assert_eq!(get(&nginx, "/", &[]).status, 403);
-    assert_eq!(
-        get(&nginx, "/", &[("X-Real-IP", "203.0.113.9")]).status,
-        403
-    );
+    assert_eq!(get(&nginx, "/", &[("X-Real-IP", "203.0.113.9")]).status, 403);
     let r = get(&nginx, "/", &[("X-Real-IP", "203.0.113.9"), (HDR, &alice)]);
     assert_eq!(r.status, 200, "{}", nginx.error_log());
     assert!(r.body.contains("cf_email=alice@example.com"), "{}", r.body);
@@ -329,17 +286,10 @@ fn allowlist_lets_internal_addresses_in_and_keeps_the_health_check_open() {
         let r = get(
             &nginx,
             "/",
-            &[
-                ("X-Real-IP", ip),
-                ("Cf-Access-Authenticated-User-Email", "mallory@example.com"),
-            ],
+            &[("X-Real-IP", ip), ("Cf-Access-Authenticated-User-Email", "mallory@example.com")],
         );
         assert_eq!(r.status, 200, "{ip}");
-        assert!(
-            r.body.starts_with("uri=/ cf_email= x_email= "),
-            "{ip}: {}",
-            r.body
-        );
+        assert!(r.body.starts_with("uri=/ cf_email= x_email= "), "{ip}: {}", r.body);
     }
 }
 
@@ -354,15 +304,9 @@ fn access_log_shows_identity_and_verdict() {
     let mut expired = claims.clone();
     expired["exp"] = json!(now() - 3600);
 
-    assert_eq!(
-        get(&nginx, "/ok", &[(HDR, &mint(&key, &claims))]).status,
-        200
-    );
+    assert_eq!(get(&nginx, "/ok", &[(HDR, &mint(&key, &claims))]).status, 200);
     assert_eq!(get(&nginx, "/none", &[]).status, 403);
-    assert_eq!(
-        get(&nginx, "/old", &[(HDR, &mint(&key, &expired))]).status,
-        403
-    );
+    assert_eq!(get(&nginx, "/old", &[(HDR, &mint(&key, &expired))]).status, 403);
 
     let log_path = nginx.prefix().join("logs/cf-access.log");
     let wanted = [
@@ -384,17 +328,10 @@ fn access_log_shows_identity_and_verdict() {
     let mut missing: Vec<&String> = Vec::new();
     let complete = poll_until(Duration::from_secs(3), || {
         log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        missing = wanted
-            .iter()
-            .filter(|p| !log.lines().any(|l| matches(l, p)))
-            .collect();
+        missing = wanted.iter().filter(|p| !log.lines().any(|l| matches(l, p))).collect();
         missing.is_empty()
     });
-    assert!(
-        complete,
-        "missing {missing:?} in {}:\n{log}",
-        log_path.display()
-    );
+    assert!(complete, "missing {missing:?} in {}:\n{log}", log_path.display());
 }
 
 #[test]
@@ -430,19 +367,10 @@ fn per_user_limit_example_limits_each_user_on_their_own() {
     let nginx = builder(&certs, &["per-user-limit.conf"]).start();
     let alice = token_for(&key, AUD, "alice@example.com");
     let bob = token_for(&key, AUD, "bob@example.com");
-    let statuses: Vec<u16> = (0..30)
-        .map(|_| get(&nginx, "/x", &[(HDR, &alice)]).status)
-        .collect();
+    let statuses: Vec<u16> = (0..30).map(|_| get(&nginx, "/x", &[(HDR, &alice)]).status).collect();
     assert_eq!(statuses[0], 200);
-    assert!(
-        statuses.contains(&429),
-        "alice is never limited: {statuses:?}"
-    );
-    assert_eq!(
-        get(&nginx, "/x", &[(HDR, &bob)]).status,
-        200,
-        "bob has a limit of his own"
-    );
+    assert!(statuses.contains(&429), "alice is never limited: {statuses:?}");
+    assert_eq!(get(&nginx, "/x", &[(HDR, &bob)]).status, 200, "bob has a limit of his own");
     assert_eq!(get(&nginx, "/x", &[]).status, 403);
     nginx.assert_clean(&[]);
 }
@@ -453,11 +381,7 @@ fn report_example_refuses_nothing_and_logs_every_verdict() {
     let certs = CertsServer::start_with_keys(&[&key]);
     let nginx = builder(&certs, &["report.conf"]).start();
     assert_eq!(get(&nginx, "/none", &[]).status, 200);
-    let r = get(
-        &nginx,
-        "/ok",
-        &[(HDR, &token_for(&key, AUD, "alice@example.com"))],
-    );
+    let r = get(&nginx, "/ok", &[(HDR, &token_for(&key, AUD, "alice@example.com"))]);
     assert!(r.body.contains("x_email=alice@example.com"), "{}", r.body);
     let log = nginx.prefix().join("logs/cf-access-report.log");
     let found = poll_until(Duration::from_secs(3), || {
@@ -465,14 +389,8 @@ fn report_example_refuses_nothing_and_logs_every_verdict() {
         text.contains("\"GET /none HTTP/1.1\" 200 cf_access=no_token email=\"\"")
             && text.contains("\"GET /ok HTTP/1.1\" 200 cf_access=ok email=\"alice@example.com\"")
     });
-    assert!(
-        found,
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    assert!(nginx
-        .error_log()
-        .contains("cf_access: report: access would be denied (no_token)"));
+    assert!(found, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(nginx.error_log().contains("cf_access: report: access would be denied (no_token)"));
     nginx.assert_clean(&[]);
 }
 
@@ -484,31 +402,17 @@ fn metrics_example_counts_the_sites_requests() {
     let nginx = Nginx::builder()
         .http(&format!("cf_access_certs_url {};", certs.url()))
         .http(&example("metrics.conf"))
-        .http(&example("cf-access.conf").replace(
-            "proxy_pass http://127.0.0.1:{PORT2}",
-            "root {PREFIX}/html; #",
-        ))
+        .http(
+            &example("cf-access.conf")
+                .replace("proxy_pass http://127.0.0.1:{PORT2}", "root {PREFIX}/html; #"),
+        )
         .file("index.html", "ok\n")
         .start();
     assert_eq!(get(&nginx, "/", &[]).status, 403);
-    assert_eq!(
-        get(
-            &nginx,
-            "/",
-            &[(HDR, &token_for(&key, AUD, "a@example.com"))]
-        )
-        .status,
-        200
-    );
+    assert_eq!(get(&nginx, "/", &[(HDR, &token_for(&key, AUD, "a@example.com"))]).status, 200);
     let metrics = |query: &str| {
-        http_request(
-            nginx.port2(),
-            "GET",
-            &format!("/cf-access/metrics{query}"),
-            &[],
-            None,
-        )
-        .expect("scrape")
+        http_request(nginx.port2(), "GET", &format!("/cf-access/metrics{query}"), &[], None)
+            .expect("scrape")
     };
     let r = metrics("");
     assert_eq!(r.status, 200);
@@ -533,11 +437,8 @@ fn docker_template_renders_like_the_entrypoint() {
     let output = dir.join("conf.d");
     std::fs::create_dir_all(&templates).expect("create templates/");
     std::fs::create_dir_all(&output).expect("create conf.d/");
-    std::fs::copy(
-        conf_dir().join("cf-access.conf"),
-        templates.join("default.conf.template"),
-    )
-    .expect("copy the template");
+    std::fs::copy(conf_dir().join("cf-access.conf"), templates.join("default.conf.template"))
+        .expect("copy the template");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/19-cf-access-check.sh");
     let check = |vars: &[(&str, &str)]| {
         let out = Command::new("sh")
@@ -549,10 +450,7 @@ fn docker_template_renders_like_the_entrypoint() {
             .envs(vars.iter().copied())
             .output()
             .expect("run the check script");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let (ok, err) = check(&[("NGINX_PORT", "8080"), ("CF_ACCESS_AUD", "")]);
     assert!(!ok, "must refuse to start: {err}");
@@ -571,15 +469,12 @@ fn docker_template_renders_like_the_entrypoint() {
     let (ok, err) = check(&vars);
     assert!(ok, "{err}");
 
-    let has_envsubst = Command::new("envsubst")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let has_envsubst =
+        Command::new("envsubst").arg("--version").output().is_ok_and(|o| o.status.success());
     if has_envsubst {
         // As 20-envsubst-on-templates.sh: "${NAME} " for every variable in the environment.
-        let mut names: Vec<String> = std::env::vars_os()
-            .filter_map(|(k, _)| k.into_string().ok())
-            .collect();
+        let mut names: Vec<String> =
+            std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
         names.extend(vars.iter().map(|(k, _)| k.to_string()));
         let defined: String = names.iter().map(|n| format!("${{{n}}} ")).collect();
         let out = Command::new("sh")

@@ -17,6 +17,9 @@
 //! `/var/log/nginx/access.log`); the harness's `-p`/`-c`/`-e` and the `pid`, `error_log`,
 //! `access_log` and `*_temp_path` directives it writes keep everything under its own prefix.
 
+// A test: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use cf_access_dev::KeyPair;
@@ -70,28 +73,21 @@ fn debian_nginx_passes_variables_upstream() {
 #[test]
 fn debian_nginx_refuses_a_module_built_for_another_version() {
     let Some(nginx_bin) = debian() else { return };
-    let vendored = std::env::current_exe().ok().and_then(|exe| {
-        Some(
-            exe.parent()?
-                .parent()?
-                .join("libngx_http_cf_access_module.so"),
-        )
-    });
+    let vendored = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("libngx_http_cf_access_module.so")));
     let Some(vendored) = vendored.filter(|p| p.is_file()) else {
         eprintln!("skipped: no vendored build of the module next to the test binary");
         return;
     };
     let debian_version = nginx_version(&nginx_bin);
     let number = |v: &str| -> String {
-        let mut parts = v.trim_start_matches("nginx/").split('.').map(|p| {
-            p.parse::<u32>()
-                .unwrap_or_else(|_| panic!("nginx version {v}"))
-        });
-        let (a, b, c) = (
-            parts.next().unwrap_or(0),
-            parts.next().unwrap_or(0),
-            parts.next().unwrap_or(0),
-        );
+        let mut parts = v
+            .trim_start_matches("nginx/")
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or_else(|_| panic!("nginx version {v}")));
+        let (a, b, c) =
+            (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         format!("{}", a * 1_000_000 + b * 1_000 + c)
     };
     let (ok, out) = Nginx::builder()
@@ -99,10 +95,7 @@ fn debian_nginx_refuses_a_module_built_for_another_version() {
         .main(&format!("load_module {};", vendored.display()))
         .http("server { listen 127.0.0.1:{PORT}; }")
         .test_config();
-    assert!(
-        !ok,
-        "a module built for another nginx must be refused:\n{out}"
-    );
+    assert!(!ok, "a module built for another nginx must be refused:\n{out}");
     let expected = format!("instead of {}", number(&debian_version));
     assert!(
         out.contains("[emerg]") && out.contains(&expected),

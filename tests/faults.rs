@@ -12,6 +12,9 @@
 //! * nothing crashed: no `exited on signal`, no `[alert]`, no Rust panic, and a graceful quit
 //!   finishes promptly.
 
+// A test: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -30,9 +33,7 @@ const KEEPING: &str = "keeping the last good key set";
 
 /// nginx with one protected location using `url`, refreshing every second.
 fn nginx_for(url: &str) -> Nginx {
-    Nginx::builder()
-        .protected_site((TEAM, AUD, url), "cf_access_refresh 1s;", "")
-        .start()
+    Nginx::builder().protected_site((TEAM, AUD, url), "cf_access_refresh 1s;", "").start()
 }
 
 fn get_with(nginx: &Nginx, token: &str) -> Response {
@@ -52,10 +53,7 @@ fn assert_ok(nginx: &Nginx, token: &str, what: &str) {
 
 /// Asserts a 403 with `status` in `$cf_access_status` and a new `access denied (status)` line.
 fn assert_denied(nginx: &Nginx, token: &str, status: &str) {
-    let before = nginx
-        .error_log()
-        .matches(&format!("access denied ({status})"))
-        .count();
+    let before = nginx.error_log().matches(&format!("access denied ({status})")).count();
     let r = get_with(nginx, token);
     assert_eq!(
         (r.status, r.header("X-Status")),
@@ -63,10 +61,7 @@ fn assert_denied(nginx: &Nginx, token: &str, status: &str) {
         "--- error log ---\n{}",
         nginx.error_log()
     );
-    let after = nginx
-        .error_log()
-        .matches(&format!("access denied ({status})"))
-        .count();
+    let after = nginx.error_log().matches(&format!("access denied ({status})")).count();
     assert_eq!(after, before + 1, "one `access denied ({status})` line");
 }
 
@@ -112,11 +107,7 @@ impl Switch {
     }
 
     fn with_startup(at_startup: Behavior, later: Behavior) -> Switch {
-        Switch {
-            server: CertsServer::start(at_startup.clone()),
-            at_startup,
-            later,
-        }
+        Switch { server: CertsServer::start(at_startup.clone()), at_startup, later }
     }
 
     fn url(&self) -> String {
@@ -133,11 +124,7 @@ impl Switch {
 
     /// `startup`: the variant used while nginx starts (may differ from the later one).
     fn fault(&self, startup: bool) {
-        self.server.set(if startup {
-            self.at_startup.clone()
-        } else {
-            self.later.clone()
-        });
+        self.server.set(if startup { self.at_startup.clone() } else { self.later.clone() });
     }
 }
 
@@ -179,24 +166,12 @@ fn fault_story(ep: &Switch, error: &str, from_startup: bool) {
         );
         assert_denied(&nginx, &t1, "no_keys");
         // The worker's refresher tries at once and fails too (a hanging fetch takes 5 s).
-        nginx.wait_until(
-            Duration::from_secs(12),
-            "the worker's first refresh to fail",
-            || {
-                has_line(
-                    &nginx.error_log(),
-                    &["[warn]", &format!("{refresh_failed}{error}")],
-                )
-            },
-        );
+        nginx.wait_until(Duration::from_secs(12), "the worker's first refresh to fail", || {
+            has_line(&nginx.error_log(), &["[warn]", &format!("{refresh_failed}{error}")])
+        });
         assert_denied(&nginx, &t1, "no_keys");
         ep.healthy(&[&k1]);
-        wait_ok(
-            &nginx,
-            &t1,
-            Duration::from_secs(12),
-            "recovery from a start without keys",
-        );
+        wait_ok(&nginx, &t1, Duration::from_secs(12), "recovery from a start without keys");
         assert!(nginx.wait_for_log(&loaded_again, Duration::from_secs(2)));
     } else {
         assert_ok(&nginx, &t1, "keys loaded at startup");
@@ -205,22 +180,15 @@ fn fault_story(ep: &Switch, error: &str, from_startup: bool) {
     // The fault starts while a good key set is loaded.
     let h0 = ep.hits();
     ep.fault(false);
-    nginx.wait_until(
-        Duration::from_secs(20),
-        "two more fetches of the broken endpoint",
-        || ep.hits() >= h0 + 2,
-    );
-    nginx.wait_until(
-        Duration::from_secs(3),
-        "the refresh failure to be logged",
-        || has_line(&nginx.error_log(), &[&refresh_failed, KEEPING]),
-    );
+    nginx.wait_until(Duration::from_secs(20), "two more fetches of the broken endpoint", || {
+        ep.hits() >= h0 + 2
+    });
+    nginx.wait_until(Duration::from_secs(3), "the refresh failure to be logged", || {
+        has_line(&nginx.error_log(), &[&refresh_failed, KEEPING])
+    });
     let log = nginx.error_log();
     assert!(
-        has_line(
-            &log,
-            &["[warn]", &format!("{refresh_failed}{error}"), KEEPING]
-        ),
+        has_line(&log, &["[warn]", &format!("{refresh_failed}{error}"), KEEPING]),
         "expected `{refresh_failed}{error}...; {KEEPING}`:\n{log}"
     );
     for _ in 0..5 {
@@ -237,21 +205,13 @@ fn fault_story(ep: &Switch, error: &str, from_startup: bool) {
     // The endpoint heals with a rotated key set.
     let again = nginx.error_log().matches(&loaded_again).count();
     ep.healthy(&[&k1, &k2]);
-    wait_ok(
-        &nginx,
-        &t2,
-        Duration::from_secs(12),
-        "recovery with the rotated key set",
-    );
+    wait_ok(&nginx, &t2, Duration::from_secs(12), "recovery with the rotated key set");
     assert_ok(&nginx, &t1, "the previous key is still published");
     nginx.wait_until(Duration::from_secs(2), "the `loaded again` notice", || {
         nginx.error_log().matches(&loaded_again).count() > again
     });
     let log = nginx.error_log();
-    assert!(
-        line_with(&log, &loaded_again).is_some_and(|l| l.contains("[notice]")),
-        "{log}"
-    );
+    assert!(line_with(&log, &loaded_again).is_some_and(|l| l.contains("[notice]")), "{log}");
     nginx.quit();
 }
 
@@ -287,25 +247,15 @@ fn certs_endpoint_down_at_startup_then_up_then_down_again() {
     let json = certs_json(&[&k1]);
     let server = CertsServer::start_dynamic(addr, move || Behavior::Json(json.clone()))
         .expect("bind the certs port");
-    wait_ok(
-        &nginx,
-        &t1,
-        Duration::from_secs(10),
-        "recovery once the endpoint is up",
-    );
+    wait_ok(&nginx, &t1, Duration::from_secs(10), "recovery once the endpoint is up");
     assert!(server.hits() >= 1);
 
     // It goes away again (connection refused): the key set is kept.
     drop(server);
-    nginx.wait_until(
-        Duration::from_secs(5),
-        "the refresh failure to be logged",
-        || nginx.error_log().contains(KEEPING),
-    );
-    assert!(has_line(
-        &nginx.error_log(),
-        &["[warn]", "Connection refused", KEEPING]
-    ));
+    nginx.wait_until(Duration::from_secs(5), "the refresh failure to be logged", || {
+        nginx.error_log().contains(KEEPING)
+    });
+    assert!(has_line(&nginx.error_log(), &["[warn]", "Connection refused", KEEPING]));
     // At least two more (refused) refreshes at the 1 s retry interval.
     thread::sleep(Duration::from_millis(2500));
     for _ in 0..5 {
@@ -317,12 +267,7 @@ fn certs_endpoint_down_at_startup_then_up_then_down_again() {
     let json = certs_json(&[&k1, &k2]);
     let _server = CertsServer::start_dynamic(addr, move || Behavior::Json(json.clone()))
         .expect("bind the certs port again");
-    wait_ok(
-        &nginx,
-        &t2,
-        Duration::from_secs(10),
-        "recovery with the rotated set",
-    );
+    wait_ok(&nginx, &t2, Duration::from_secs(10), "recovery with the rotated set");
     assert!(nginx.wait_for_log("loaded again", Duration::from_secs(2)));
     nginx.quit();
 }
@@ -417,10 +362,7 @@ fn body_trickling_forever_is_cut_off_at_startup() {
         ),
         "{log}"
     );
-    assert!(
-        took < Duration::from_secs(8),
-        "nginx took {took:?} to start"
-    );
+    assert!(took < Duration::from_secs(8), "nginx took {took:?} to start");
     assert_denied(&nginx, &token(&KeyPair::generate()), "no_keys");
     nginx.quit();
 }
@@ -475,14 +417,9 @@ fn tls_handshake_failure_with_a_plain_http_peer() {
     assert_denied(&nginx, &token(&key), "no_keys");
     // The worker keeps retrying (and failing) every second; still closed, still up.
     let h = server.hits();
-    nginx.wait_until(Duration::from_secs(5), "two more attempts", || {
-        server.hits() >= h + 2
-    });
+    nginx.wait_until(Duration::from_secs(5), "two more attempts", || server.hits() >= h + 2);
     assert!(
-        has_line(
-            &nginx.error_log(),
-            &["[warn]", "refreshing keys from", &url]
-        ),
+        has_line(&nginx.error_log(), &["[warn]", "refreshing keys from", &url]),
         "{}",
         nginx.error_log()
     );
@@ -511,15 +448,8 @@ fn tls_self_signed_certificate_is_rejected() {
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, keyf) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
         .arg("-keyout")
         .arg(&keyf)
         .arg("-out")
@@ -528,10 +458,7 @@ fn tls_self_signed_certificate_is_rejected() {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    assert!(
-        made,
-        "openssl is needed for this test (Debian: apt-get install openssl)"
-    );
+    assert!(made, "openssl is needed for this test (Debian: apt-get install openssl)");
     let port = free_port();
     let child = Command::new("openssl")
         .args(["s_server", "-quiet", "-www", "-accept"])
@@ -545,10 +472,7 @@ fn tls_self_signed_certificate_is_rejected() {
         .stderr(Stdio::null())
         .spawn()
         .expect("openssl s_server");
-    let _server = OpensslServer {
-        child,
-        dir: dir.clone(),
-    };
+    let _server = OpensslServer { child, dir: dir.clone() };
     wait_until(Duration::from_secs(5), "openssl s_server to accept", || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
@@ -577,9 +501,7 @@ fn requests_are_answered_promptly_while_a_fetch_hangs() {
 
     let h0 = certs.hits();
     certs.set(Behavior::Hang);
-    nginx.wait_until(Duration::from_secs(5), "a fetch to hang", || {
-        certs.hits() > h0
-    });
+    nginx.wait_until(Duration::from_secs(5), "a fetch to hang", || certs.hits() > h0);
     let hanging = certs.hits();
     let mut slowest = Duration::ZERO;
     for i in 0..50 {
@@ -599,8 +521,5 @@ fn requests_are_answered_promptly_while_a_fetch_hangs() {
     eprintln!("slowest of 50 requests during a hanging fetch: {slowest:?}");
     // A fetch in flight does not delay a graceful quit.
     let took = nginx.quit();
-    assert!(
-        took < Duration::from_millis(2500),
-        "quit with a hanging fetch took {took:?}"
-    );
+    assert!(took < Duration::from_millis(2500), "quit with a hanging fetch took {took:?}");
 }

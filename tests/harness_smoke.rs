@@ -1,5 +1,8 @@
 //! Smoke tests of the nginx test harness itself (no module loaded).
 
+// A test: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::time::Duration;
@@ -35,10 +38,7 @@ fn serves_static_file_without_module() {
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(resp.body, "hello from nginx\n");
     assert_eq!(resp.header("content-length"), Some("17"));
-    assert!(resp
-        .header("SERVER")
-        .unwrap_or_default()
-        .starts_with("nginx"));
+    assert!(resp.header("SERVER").unwrap_or_default().starts_with("nginx"));
 
     let resp = nginx.get("/sub/dir/page.txt", &[("X-Whatever", "1")]);
     assert_eq!(resp.status, 200, "{resp:?}");
@@ -92,10 +92,8 @@ fn config_error_is_reported() {
     assert!(text.contains("emerg"), "{text}");
     assert!(text.contains("no_such_directive"), "{text}");
 
-    let (ok, text) = Nginx::builder()
-        .without_module()
-        .http("server { listen 127.0.0.1:{PORT}; }")
-        .test_config();
+    let (ok, text) =
+        Nginx::builder().without_module().http("server { listen 127.0.0.1:{PORT}; }").test_config();
     assert!(ok, "nginx -t rejected a good config:\n{text}");
 }
 
@@ -115,11 +113,9 @@ fn processes_and_prefix_are_gone_after_drop() {
 
     // The master is our child and has been reaped; its workers were reaped by it.
     let gone = |pid: u32| !Path::new(&format!("/proc/{pid}")).exists() || !process_alive(pid);
-    wait_until(
-        Duration::from_secs(2),
-        "the nginx processes to be gone after drop",
-        || gone(master) && workers.iter().all(|&p| gone(p)),
-    );
+    wait_until(Duration::from_secs(2), "the nginx processes to be gone after drop", || {
+        gone(master) && workers.iter().all(|&p| gone(p))
+    });
     assert!(!Path::new(&format!("/proc/{master}")).exists());
     assert!(!prefix.exists(), "prefix {} not removed", prefix.display());
 }

@@ -7,6 +7,9 @@
 //! `access denied (<status>)` log line, and no identity in the variables. All cases run
 //! (failures are collected) so that one report shows every wrong answer.
 
+// A test: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::thread;
 use std::time::Duration;
 
@@ -72,11 +75,7 @@ fn site() -> Site {
             url = certs.url()
         ))
         .start();
-    Site {
-        current,
-        nginx,
-        _certs: certs,
-    }
+    Site { current, nginx, _certs: certs }
 }
 
 impl Site {
@@ -108,22 +107,14 @@ impl Site {
         if r.header("X-Status") != Some(expect) {
             wrong.push(format!("X-Status {:?}", r.header("X-Status")));
         }
-        for name in [
-            "X-Email",
-            "X-Sub",
-            "X-Claim-Email",
-            "X-Country",
-            "X-Claim-X",
-        ] {
+        for name in ["X-Email", "X-Sub", "X-Claim-Email", "X-Country", "X-Claim-X"] {
             if let Some(v) = r.header(name) {
                 wrong.push(format!("{name}: {v:?} on a refused request"));
             }
         }
         let log = self.nginx.log_since(from);
-        let denials: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("cf_access: access denied ("))
-            .collect();
+        let denials: Vec<&str> =
+            log.lines().filter(|l| l.contains("cf_access: access denied (")).collect();
         match denials.as_slice() {
             [line] => {
                 if !line.contains(&format!("access denied ({expect}): ")) {
@@ -167,10 +158,7 @@ fn segment(token: &str, i: usize) -> &str {
 impl Ctx<'_> {
     fn new(current: &KeyPair) -> Ctx<'_> {
         let now = now();
-        let good = mint(
-            current,
-            &user_claims(TEAM, AUD, "mallory@example.com", now, 600),
-        );
+        let good = mint(current, &user_claims(TEAM, AUD, "mallory@example.com", now, 600));
         // Another valid token with a different header and payload.
         let other = cf_access_dev::sign_raw(
             current,
@@ -178,13 +166,7 @@ impl Ctx<'_> {
             &json!({"alg": "RS256", "kid": current.kid()}).to_string(),
             &user_claims(TEAM, AUD, "trent@example.com", now, 300).to_string(),
         );
-        Ctx {
-            current,
-            attacker: KeyPair::generate(),
-            now,
-            good,
-            other,
-        }
+        Ctx { current, attacker: KeyPair::generate(), now, good, other }
     }
 
     /// The value of one placeholder (the text between the braces), if it is one.
@@ -297,19 +279,12 @@ impl Ctx<'_> {
             other => panic!("unknown sign {other:?}"),
         };
         let mut token = format!("{input}.{signature}");
-        for m in case
-            .get("mutate")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for m in case.get("mutate").and_then(Value::as_array).into_iter().flatten() {
             let parts: Vec<String> = token.split('.').map(str::to_string).collect();
             if let Some([from, to]) =
-                m.get("replace_in_payload")
-                    .and_then(Value::as_array)
-                    .map(|a| -> [String; 2] {
-                        [0, 1].map(|i| self.expand(a[i].as_str().expect("replace_in_payload")))
-                    })
+                m.get("replace_in_payload").and_then(Value::as_array).map(|a| -> [String; 2] {
+                    [0, 1].map(|i| self.expand(a[i].as_str().expect("replace_in_payload")))
+                })
             {
                 let tampered = payload.replace(&from, &to);
                 assert_ne!(tampered, payload, "replace_in_payload changed nothing");
@@ -318,12 +293,7 @@ impl Ctx<'_> {
                 let mut sig: Vec<u8> = parts[2].clone().into_bytes();
                 let i = i as usize;
                 sig[i] = if sig[i] == b'A' { b'B' } else { b'A' };
-                token = format!(
-                    "{}.{}.{}",
-                    parts[0],
-                    parts[1],
-                    String::from_utf8(sig).unwrap()
-                );
+                token = format!("{}.{}.{}", parts[0], parts[1], String::from_utf8(sig).unwrap());
             } else if let Some(n) = m.get("truncate_sig").and_then(Value::as_u64) {
                 token = format!("{}.{}.{}", parts[0], parts[1], &parts[2][..n as usize]);
             } else if let Some(n) = m.get("keep_segments").and_then(Value::as_u64) {
@@ -366,10 +336,7 @@ fn hostile_corpus_is_refused_with_the_right_reason() {
         let name = case["name"].as_str().unwrap();
         let expect = case["expect"].as_str().expect("expect");
         let token = ctx.build(case);
-        let allow_400 = case
-            .get("allow_400")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let allow_400 = case.get("allow_400").and_then(Value::as_bool).unwrap_or(false);
         let log_part = case.get("log").and_then(Value::as_str);
         // In the header, and again as the only token, in the CF_Authorization cookie.
         let cookie = format!("x=1; {COOKIE}={token}; y=2");
@@ -380,20 +347,12 @@ fn hostile_corpus_is_refused_with_the_right_reason() {
                 Err(e) => failures.push(format!(
                     "{name} (in {via}, expected {expect}): {e}\n    token ({} bytes): {}",
                     token.len(),
-                    token
-                        .escape_debug()
-                        .to_string()
-                        .chars()
-                        .take(300)
-                        .collect::<String>()
+                    token.escape_debug().to_string().chars().take(300).collect::<String>()
                 )),
             }
         }
     }
-    eprintln!(
-        "{} hostile cases; refused by nginx itself (400): {nginx_400:?}",
-        cases.len()
-    );
+    eprintln!("{} hostile cases; refused by nginx itself (400): {nginx_400:?}", cases.len());
     // nginx still serves after all that.
     assert_eq!(s.send("/p/", &[(HDR, &ctx.good)]).unwrap().status, 200);
     assert!(
@@ -455,14 +414,7 @@ fn token_size_limit() {
     )
     .unwrap();
     // The same again: a refused token is not cached and is refused again the same way.
-    s.check_refused(
-        "/p/",
-        &[(HDR, &over)],
-        "malformed",
-        Some("token too large"),
-        false,
-    )
-    .unwrap();
+    s.check_refused("/p/", &[(HDR, &over)], "malformed", Some("token too large"), false).unwrap();
     // Far beyond the limit: garbage of 60 KB (fits nginx's 64k buffer) in the header and in
     // the cookie.
     let huge = "A".repeat(60_000);
@@ -486,12 +438,7 @@ fn token_size_limit() {
     // The valid token at the limit still works (the cache holds it, and so does a fresh
     // verification).
     assert_eq!(s.send("/p/", &[(HDR, &at_limit)]).unwrap().status, 200);
-    assert_eq!(
-        s.send("/p/", &[(HDR, &sized(MAX_TOKEN_LEN))])
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(s.send("/p/", &[(HDR, &sized(MAX_TOKEN_LEN))]).unwrap().status, 200);
     s.nginx.assert_clean(&[]);
 }
 
@@ -515,17 +462,9 @@ fn variables_never_reflect_unverified_data() {
     let cases: Vec<(&str, &str, String)> = vec![
         ("/p/", "bad_signature", tampered.join(".")),
         ("/p/", "unknown_kid", mint(&ctx.attacker, &claims())),
-        (
-            "/p/",
-            "bad_audience",
-            with(&|c| c["aud"] = json!(["someone-else"])),
-        ),
+        ("/p/", "bad_audience", with(&|c| c["aud"] = json!(["someone-else"]))),
         ("/p/", "expired", with(&|c| c["exp"] = (now - 3600).into())),
-        (
-            "/p/",
-            "bad_issuer",
-            with(&|c| c["iss"] = "https://other.cloudflareaccess.com".into()),
-        ),
+        ("/p/", "bad_issuer", with(&|c| c["iss"] = "https://other.cloudflareaccess.com".into())),
         ("/p/", "bad_audience", with(&|c| c["type"] = "org".into())),
         // A valid token for this application, at a location of another application: the
         // verified-token cache must not carry its identity over.
@@ -579,29 +518,17 @@ fn two_token_headers_are_refused() {
 #[test]
 fn forgery_with_a_cached_tokens_tail_is_verified_not_served_from_the_cache() {
     let s = site();
-    let good = mint(
-        &s.current,
-        &user_claims(TEAM, AUD, "alice@example.com", now(), 600),
-    );
+    let good = mint(&s.current, &user_claims(TEAM, AUD, "alice@example.com", now(), 600));
     assert_eq!(s.send("/p/", &[(HDR, &good)]).unwrap().status, 200);
     let payload = segment(&good, 1);
     // Same length and signature; one payload character changed.
-    let flip = if payload.as_bytes()[4] == b'A' {
-        "B"
-    } else {
-        "A"
-    };
-    let forged = good.replacen(
-        payload,
-        &format!("{}{flip}{}", &payload[..4], &payload[5..]),
-        1,
-    );
+    let flip = if payload.as_bytes()[4] == b'A' { "B" } else { "A" };
+    let forged = good.replacen(payload, &format!("{}{flip}{}", &payload[..4], &payload[5..]), 1);
     assert_eq!(
         (forged.len(), &forged[forged.len() - 32..]),
         (good.len(), &good[good.len() - 32..])
     );
-    s.check_refused("/p/", &[(HDR, &forged)], "bad_signature", None, false)
-        .unwrap();
+    s.check_refused("/p/", &[(HDR, &forged)], "bad_signature", None, false).unwrap();
     // Same length and signature; two payload bytes replaced by one two-byte character.
     let forged = good.replacen(payload, &format!("{}é{}", &payload[..4], &payload[6..]), 1);
     assert_eq!(forged.len(), good.len());
@@ -614,10 +541,7 @@ fn forgery_with_a_cached_tokens_tail_is_verified_not_served_from_the_cache() {
     )
     .unwrap();
     let r = s.send("/p/", &[(HDR, &good)]).unwrap();
-    assert_eq!(
-        (r.status, r.header("X-Email")),
-        (200, Some("alice@example.com"))
-    );
+    assert_eq!((r.status, r.header("X-Email")), (200, Some("alice@example.com")));
     s.nginx.assert_clean(&[]);
 }
 
@@ -638,10 +562,8 @@ fn replayed_token_is_refused_after_expiry() {
     }
     // nginx's cached clock advances at least once per event loop iteration.
     thread::sleep(Duration::from_millis(200));
-    s.check_refused("/strict/", &[(HDR, &token)], "expired", None, false)
-        .unwrap();
-    s.check_refused("/strict/", &[(HDR, &token)], "expired", None, false)
-        .unwrap();
+    s.check_refused("/strict/", &[(HDR, &token)], "expired", None, false).unwrap();
+    s.check_refused("/strict/", &[(HDR, &token)], "expired", None, false).unwrap();
     s.nginx.assert_clean(&[]);
 }
 
@@ -656,23 +578,17 @@ fn deeply_nested_unknown_claim_does_not_crash() {
     let workers = s.nginx.worker_pids();
     // 2 x 2500 levels: both blobs together stay under the 16 KiB token limit.
     let deep = format!("{}{}", "[".repeat(2500), "]".repeat(2500));
-    let payload = user_claims(TEAM, AUD, "mallory@example.com", now(), 600)
-        .to_string()
-        .replacen('{', &format!(r#"{{"x":{deep},"#), 1);
-    let header = format!(
-        r#"{{"alg":"RS256","kid":"{}","y":{deep}}}"#,
-        s.current.kid()
+    let payload = user_claims(TEAM, AUD, "mallory@example.com", now(), 600).to_string().replacen(
+        '{',
+        &format!(r#"{{"x":{deep},"#),
+        1,
     );
+    let header = format!(r#"{{"alg":"RS256","kid":"{}","y":{deep}}}"#, s.current.kid());
     let token = cf_access_dev::sign_raw(&s.current, "RS256", &header, &payload);
     assert!(token.len() < MAX_TOKEN_LEN);
     for _ in 0..3 {
         let r = s.send("/p/", &[(HDR, &token)]).expect("an answer");
-        assert!(
-            matches!(r.status, 200 | 403),
-            "status {}: {}",
-            r.status,
-            s.nginx.error_log()
-        );
+        assert!(matches!(r.status, 200 | 403), "status {}: {}", r.status, s.nginx.error_log());
         eprintln!(
             "deeply nested unknown claim: {} {:?}, X-Claim-X is {} bytes",
             r.status,

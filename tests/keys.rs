@@ -4,6 +4,9 @@
 //! when nobody else could have written it, bounded fetches, and egress through a proxy and
 //! a private CA, in workers as well as in the master.
 
+// A test: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::PathBuf;
@@ -28,11 +31,9 @@ fn status(nginx: &Nginx, key: &KeyPair) -> (u16, String) {
 fn rotate(nginx: &Nginx, certs: &CertsServer, old: &KeyPair, new: &KeyPair) {
     assert_eq!(status(nginx, old).0, 200, "{}", nginx.error_log());
     certs.set_keys(&[new]);
-    nginx.wait_until(
-        Duration::from_secs(5),
-        "the new key to be picked up",
-        || status(nginx, new).0 == 200,
-    );
+    nginx.wait_until(Duration::from_secs(5), "the new key to be picked up", || {
+        status(nginx, new).0 == 200
+    });
     assert_eq!(status(nginx, old), (403, "unknown_kid".into()));
 }
 
@@ -76,9 +77,7 @@ fn is_root() -> bool {
 fn a_respawned_worker_does_not_bring_back_a_retired_key() {
     let (old, new) = (KeyPair::generate(), KeyPair::generate());
     let certs = CertsServer::start_with_keys(&[&old]);
-    let nginx = Nginx::builder()
-        .protected_site((TEAM, AUD, &certs.url()), "", "")
-        .start();
+    let nginx = Nginx::builder().protected_site((TEAM, AUD, &certs.url()), "", "").start();
     rotate(&nginx, &certs, &old, &new);
 
     let workers = nginx.worker_pids();
@@ -104,9 +103,7 @@ fn reload_during_an_outage(cache: Option<&CacheDir>) {
     let (old, new) = (KeyPair::generate(), KeyPair::generate());
     let certs = CertsServer::start_with_keys(&[&old]);
     let directive = cache.map(CacheDir::directive).unwrap_or_default();
-    let nginx = Nginx::builder()
-        .protected_site((TEAM, AUD, &certs.url()), &directive, "")
-        .start();
+    let nginx = Nginx::builder().protected_site((TEAM, AUD, &certs.url()), &directive, "").start();
     if let Some(cache) = cache {
         let saved = fs::read_to_string(cache.file()).unwrap();
         assert!(saved.contains(old.kid()) && !saved.contains(new.kid()));
@@ -116,19 +113,10 @@ fn reload_during_an_outage(cache: Option<&CacheDir>) {
     let hits = certs.hits();
     nginx.reload();
     for _ in 0..5 {
-        assert_eq!(
-            status(&nginx, &new).0,
-            200,
-            "the newest set was lost:\n{}",
-            nginx.error_log()
-        );
+        assert_eq!(status(&nginx, &new).0, 200, "the newest set was lost:\n{}", nginx.error_log());
         assert_eq!(status(&nginx, &old), (403, "unknown_kid".into()));
     }
-    assert_eq!(
-        certs.hits(),
-        hits,
-        "a reload does not fetch what the zone has"
-    );
+    assert_eq!(certs.hits(), hits, "a reload does not fetch what the zone has");
     if let Some(cache) = cache {
         let saved = fs::read_to_string(cache.file()).unwrap();
         assert!(
@@ -162,10 +150,7 @@ fn one_fetch_per_interval_for_four_workers() {
     thread::sleep(Duration::from_secs(9));
     let fetches = certs.hits() - before;
     let intervals = started.elapsed().as_secs() / 2;
-    eprintln!(
-        "4 workers, refresh 2s: {fetches} fetches in {:?}",
-        started.elapsed()
-    );
+    eprintln!("4 workers, refresh 2s: {fetches} fetches in {:?}", started.elapsed());
     assert!(
         fetches as u64 <= intervals + 1 && fetches as u64 + 1 >= intervals,
         "{fetches} fetches in {intervals} intervals"
@@ -180,11 +165,7 @@ fn made_up_kids_on_four_workers_force_one_fetch_per_window() {
     let certs = CertsServer::start_with_keys(&[&key]);
     let nginx = Nginx::builder()
         .workers(4)
-        .protected_site(
-            (TEAM, AUD, &certs.url()),
-            "",
-            "add_header X-Pid $pid always;",
-        )
+        .protected_site((TEAM, AUD, &certs.url()), "", "add_header X-Pid $pid always;")
         .start();
     let before = certs.hits();
     let stranger = KeyPair::generate();
@@ -208,15 +189,9 @@ fn made_up_kids_on_four_workers_force_one_fetch_per_window() {
         pids.len(),
         started.elapsed()
     );
-    assert!(
-        pids.len() > 1,
-        "the requests reached one worker only: {pids:?}"
-    );
+    assert!(pids.len() > 1, "the requests reached one worker only: {pids:?}");
     assert!(fetches >= 1, "an unknown kid triggers a refresh");
-    assert!(
-        fetches as u64 <= windows,
-        "{fetches} fetches in {windows} rate-limit windows"
-    );
+    assert!(fetches as u64 <= windows, "{fetches} fetches in {windows} rate-limit windows");
     nginx.assert_clean(&[]);
 }
 
@@ -227,9 +202,8 @@ fn made_up_kids_on_four_workers_force_one_fetch_per_window() {
 /// Starts nginx during an outage with the key cache at `cache`; returns it.
 fn start_during_outage(cache: &CacheDir) -> (Nginx, CertsServer) {
     let certs = CertsServer::start(Behavior::Status(503, "down".into()));
-    let nginx = Nginx::builder()
-        .protected_site((TEAM, AUD, &certs.url()), &cache.directive(), "")
-        .start();
+    let nginx =
+        Nginx::builder().protected_site((TEAM, AUD, &certs.url()), &cache.directive(), "").start();
     (nginx, certs)
 }
 
@@ -252,9 +226,7 @@ fn assert_refused(cache: &CacheDir, attacker: &KeyPair, why: &str) {
         .as_object()
         .and_then(|o| o.keys().next().cloned())
         .unwrap_or_else(|| "http://127.0.0.1:9/cdn-cgi/access/certs".into());
-    let nginx = Nginx::builder()
-        .protected_site((TEAM, AUD, &url), &cache.directive(), "")
-        .start();
+    let nginx = Nginx::builder().protected_site((TEAM, AUD, &url), &cache.directive(), "").start();
     let log = nginx.error_log();
     assert!(
         log.lines().any(|l| l.contains("[warn]")
@@ -271,16 +243,14 @@ fn a_good_key_cache_serves_a_start_during_an_outage() {
     let key = KeyPair::generate();
     let cache = CacheDir::new();
     let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = Nginx::builder()
-        .protected_site((TEAM, AUD, &certs.url()), &cache.directive(), "")
-        .start();
+    let nginx =
+        Nginx::builder().protected_site((TEAM, AUD, &certs.url()), &cache.directive(), "").start();
     drop(nginx);
     let meta = fs::metadata(cache.file()).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     certs.set(Behavior::Status(503, "down".into()));
-    let nginx = Nginx::builder()
-        .protected_site((TEAM, AUD, &certs.url()), &cache.directive(), "")
-        .start();
+    let nginx =
+        Nginx::builder().protected_site((TEAM, AUD, &certs.url()), &cache.directive(), "").start();
     assert_eq!(status(&nginx, &key).0, 200, "{}", nginx.error_log());
     assert!(nginx.error_log().contains("from the key cache"));
     nginx.assert_clean(&[]);
@@ -294,9 +264,7 @@ fn a_stop_saves_the_newest_set(signal: libc::c_int) {
     let cache = CacheDir::new();
     let certs = CertsServer::start_with_keys(&[&old]);
     let site = || {
-        Nginx::builder()
-            .protected_site((TEAM, AUD, &certs.url()), &cache.directive(), "")
-            .start()
+        Nginx::builder().protected_site((TEAM, AUD, &certs.url()), &cache.directive(), "").start()
     };
     let nginx = site();
     rotate(&nginx, &certs, &old, &new);
@@ -307,9 +275,7 @@ fn a_stop_saves_the_newest_set(signal: libc::c_int) {
     );
     let master = nginx.pid();
     assert!(send_signal(master, signal));
-    nginx.wait_until(Duration::from_secs(5), "the master to exit", || {
-        !process_alive(master)
-    });
+    nginx.wait_until(Duration::from_secs(5), "the master to exit", || !process_alive(master));
     let saved = fs::read_to_string(cache.file()).unwrap();
     assert!(
         saved.contains(new.kid()) && !saved.contains(old.kid()),
@@ -338,10 +304,7 @@ fn a_fast_stop_saves_the_newest_set_too() {
 
 #[test]
 fn a_key_cache_planted_by_another_user_is_refused() {
-    assert!(
-        is_root(),
-        "this test checks file ownership and must run as root"
-    );
+    assert!(is_root(), "this test checks file ownership and must run as root");
     let attacker = KeyPair::generate();
     let cache = CacheDir::new();
     let file = planted(&cache, &attacker);
@@ -374,10 +337,7 @@ fn a_key_cache_in_a_world_writable_directory_is_refused() {
 /// rename `nginx-keys` away and put a directory of its own, with its own file, in its place.
 #[test]
 fn a_key_cache_below_a_directory_of_the_worker_user_is_refused() {
-    assert!(
-        is_root(),
-        "this test checks directory ownership and must run as root"
-    );
+    assert!(is_root(), "this test checks directory ownership and must run as root");
     let attacker = KeyPair::generate();
     let top = CacheDir::new();
     let cache = CacheDir(top.0.join("nginx-keys"));
@@ -408,21 +368,15 @@ fn a_symlinked_key_cache_is_refused_and_never_followed() {
     symlink(&victim, cache.file()).unwrap();
     let key = KeyPair::generate();
     let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = Nginx::builder()
-        .protected_site((TEAM, AUD, &certs.url()), &cache.directive(), "")
-        .start();
+    let nginx =
+        Nginx::builder().protected_site((TEAM, AUD, &certs.url()), &cache.directive(), "").start();
     let tmp = format!("{}.tmp.{}", cache.file().display(), nginx.pid());
     symlink(&victim, &tmp).unwrap();
     nginx.reload();
     assert_eq!(fs::read_to_string(&victim).unwrap(), "root's file\n");
     let meta = fs::symlink_metadata(cache.file()).unwrap();
-    assert!(
-        meta.file_type().is_file(),
-        "the link was replaced, not followed"
-    );
-    assert!(fs::read_to_string(cache.file())
-        .unwrap()
-        .contains(key.kid()));
+    assert!(meta.file_type().is_file(), "the link was replaced, not followed");
+    assert!(fs::read_to_string(cache.file()).unwrap().contains(key.kid()));
     nginx.assert_clean(&[]);
 }
 
@@ -434,16 +388,9 @@ fn a_fifo_at_the_key_cache_path_does_not_hang_the_master() {
     assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
     let started = Instant::now();
     let (nginx, _certs) = start_during_outage(&cache);
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
     let log = nginx.error_log();
-    assert!(
-        log.contains("ignoring the key cache") && log.contains("not a regular file"),
-        "{log}"
-    );
+    assert!(log.contains("ignoring the key cache") && log.contains("not a regular file"), "{log}");
     assert_eq!(status(&nginx, &KeyPair::generate()).1, "no_keys");
     nginx.assert_clean(&[]);
 }
@@ -453,12 +400,7 @@ fn an_oversized_key_cache_is_refused() {
     let attacker = KeyPair::generate();
     let cache = CacheDir::new();
     let file = planted(&cache, &attacker);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_len(5 * 1024 * 1024)
-        .unwrap();
+    fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(5 * 1024 * 1024).unwrap();
     fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
     assert_refused(&cache, &attacker, "larger than");
 }
@@ -486,9 +428,7 @@ fn slow_redirects_cannot_stall_startup_past_the_deadline() {
     }
     let first = hops.last().unwrap().url();
     let started = Instant::now();
-    let nginx = Nginx::builder()
-        .protected_site((TEAM, AUD, &first), "", "")
-        .start();
+    let nginx = Nginx::builder().protected_site((TEAM, AUD, &first), "", "").start();
     let took = started.elapsed();
     eprintln!("start with three slow redirects took {took:?}");
     assert!(took < Duration::from_millis(7500), "startup took {took:?}");
@@ -524,18 +464,12 @@ fn a_proxy_and_a_private_ca_work_in_workers_too() {
     assert!(at_start >= 1, "the master went through the proxy");
     // A rotation only a worker's refresh can pick up.
     tls.set_keys(&[&k1, &k2]);
-    nginx.wait_until(
-        Duration::from_secs(8),
-        "the worker to refresh via the proxy",
-        || status(&nginx, &k2).0 == 200,
-    );
+    nginx.wait_until(Duration::from_secs(8), "the worker to refresh via the proxy", || {
+        status(&nginx, &k2).0 == 200
+    });
     assert!(proxy.connects() > at_start, "workers use the proxy too");
     let target = tls.addr().to_string();
-    assert!(
-        proxy.targets().iter().all(|t| *t == target),
-        "{:?}",
-        proxy.targets()
-    );
+    assert!(proxy.targets().iter().all(|t| *t == target), "{:?}", proxy.targets());
     nginx.assert_clean(&[]);
 }
 
@@ -543,14 +477,9 @@ fn a_proxy_and_a_private_ca_work_in_workers_too() {
 fn without_the_private_ca_the_certificate_is_refused() {
     let key = KeyPair::generate();
     let tls = TlsCertsServer::start(&[&key]);
-    let nginx = Nginx::builder()
-        .protected_site((TEAM, AUD, &tls.url()), "", "")
-        .start();
+    let nginx = Nginx::builder().protected_site((TEAM, AUD, &tls.url()), "", "").start();
     let log = nginx.error_log();
-    assert!(
-        log.contains("fetching keys from") && log.contains("certificate"),
-        "{log}"
-    );
+    assert!(log.contains("fetching keys from") && log.contains("certificate"), "{log}");
     assert_eq!(status(&nginx, &key).1, "no_keys");
     nginx.assert_clean(&[]);
 }
@@ -584,10 +513,7 @@ fn egress_directives_are_validated() {
         let (ok, out) = Nginx::builder()
             .http(&format!("{conf} server {{ listen 127.0.0.1:{{PORT}}; }}"))
             .test_config();
-        assert!(
-            !ok && out.contains("[emerg]") && out.contains(&expected),
-            "{conf}: {out}"
-        );
+        assert!(!ok && out.contains("[emerg]") && out.contains(&expected), "{conf}: {out}");
     }
 }
 
@@ -603,10 +529,7 @@ fn a_redirect_from_https_to_http_is_refused() {
     let nginx = Nginx::builder()
         .protected_site(
             (TEAM, AUD, &tls.url()),
-            &format!(
-                "cf_access_trusted_certificate {};",
-                tls.ca_pem_path().display()
-            ),
+            &format!("cf_access_trusted_certificate {};", tls.ca_pem_path().display()),
             "",
         )
         .start();
@@ -623,11 +546,7 @@ fn a_redirect_from_https_to_http_is_refused() {
     assert_eq!(status(&nginx, &key).1, "no_keys");
     // An https -> https redirect within the limit is followed.
     let good = TlsCertsServer::start(&[&key]);
-    tls.set(Behavior::Redirect {
-        location: good.url(),
-        delay_ms: 0,
-        status: 302,
-    });
+    tls.set(Behavior::Redirect { location: good.url(), delay_ms: 0, status: 302 });
     drop(nginx);
     // Each stand-in has its own CA: trust both.
     let dir = CacheDir::new();
@@ -655,9 +574,7 @@ fn a_trickling_answer_cannot_stall_startup_past_the_deadline() {
         every_ms: 2,
     });
     let started = Instant::now();
-    let nginx = Nginx::builder()
-        .protected_site((TEAM, AUD, &trickle.url()), "", "")
-        .start();
+    let nginx = Nginx::builder().protected_site((TEAM, AUD, &trickle.url()), "", "").start();
     let took = started.elapsed();
     eprintln!("start with a trickling certs endpoint took {took:?}");
     assert!(took < Duration::from_millis(7500), "startup took {took:?}");

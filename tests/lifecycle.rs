@@ -1,6 +1,9 @@
 //! Key lifecycle end to end: rotation without minutes of 403s, forced-refresh rate limit,
 //! the key cache file, the verified-token cache, and the claim variables.
 
+// A test: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use cf_access_dev::{mint, now, user_claims, Behavior, CertsServer, KeyPair};
@@ -9,9 +12,7 @@ use cf_access_testkit::Nginx;
 use serde_json::json;
 
 fn start(url: &str, extra_http: &str, extra_location: &str) -> Nginx {
-    Nginx::builder()
-        .protected_site((TEAM, AUD, url), extra_http, extra_location)
-        .start()
+    Nginx::builder().protected_site((TEAM, AUD, url), extra_http, extra_location).start()
 }
 
 #[test]
@@ -36,21 +37,10 @@ fn manual_rotation_costs_only_the_first_requests() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(
-        ok > 0,
-        "the new key was never picked up:\n{}",
-        nginx.error_log()
-    );
-    assert!(
-        denied <= 5,
-        "{denied} requests refused after the rotation (ok: {ok})"
-    );
+    assert!(ok > 0, "the new key was never picked up:\n{}", nginx.error_log());
+    assert!(denied <= 5, "{denied} requests refused after the rotation (ok: {ok})");
     assert!(certs.hits() - before <= 2, "one forced fetch is enough");
-    assert!(
-        nginx.error_log().contains("updated (2 keys)"),
-        "{}",
-        nginx.error_log()
-    );
+    assert!(nginx.error_log().contains("updated (2 keys)"), "{}", nginx.error_log());
     nginx.assert_clean(&[]);
 }
 
@@ -101,12 +91,7 @@ fn key_cache_file_survives_an_outage_at_restart() {
     // Cloudflare is down; a restart still serves from the saved set.
     certs.set(Behavior::Status(502, "bad gateway".into()));
     let nginx = start(&certs.url(), &directive, "");
-    assert_eq!(
-        nginx.get("/p/", &[(HDR, &t)]).status,
-        200,
-        "{}",
-        nginx.error_log()
-    );
+    assert_eq!(nginx.get("/p/", &[(HDR, &t)]).status, 200, "{}", nginx.error_log());
     assert!(nginx.error_log().contains("from the key cache"));
     nginx.stop();
 
@@ -116,11 +101,7 @@ fn key_cache_file_survives_an_outage_at_restart() {
     let r = nginx.get("/p/", &[(HDR, &t)]);
     assert_eq!(r.status, 403);
     assert_eq!(r.header("X-Status"), Some("no_keys"));
-    assert!(
-        nginx.error_log().contains("ignoring the key cache"),
-        "{}",
-        nginx.error_log()
-    );
+    assert!(nginx.error_log().contains("ignoring the key cache"), "{}", nginx.error_log());
     nginx.assert_clean(&[]);
     drop(nginx);
     let _ = std::fs::remove_dir_all(&cache_dir);
@@ -160,16 +141,12 @@ fn cached_tokens_still_obey_location_policy_and_key_removal() {
     // The key leaves the certs endpoint: its cached tokens stop working.
     certs.set_keys(&[&other]);
     let mut refused = None;
-    nginx.wait_until(
-        Duration::from_secs(10),
-        "the removed key to be refused",
-        || {
-            let r = nginx.get("/a/", &[(HDR, &t)]);
-            let done = r.status == 403;
-            refused = Some(r);
-            done
-        },
-    );
+    nginx.wait_until(Duration::from_secs(10), "the removed key to be refused", || {
+        let r = nginx.get("/a/", &[(HDR, &t)]);
+        let done = r.status == 403;
+        refused = Some(r);
+        done
+    });
     assert_eq!(
         refused.and_then(|r| r.header("X-Status").map(str::to_string)),
         Some("unknown_kid".to_string())
@@ -207,10 +184,7 @@ fn claim_variables() {
     assert_eq!(r.header("X-Email"), Some("a@example.com  X-Injected: yes"));
     assert_eq!(r.header("X-Evil"), Some("x  Set-Cookie: owned=1"));
     assert!(r.header("X-Injected").is_none() && r.header("Set-Cookie").is_none());
-    assert!(
-        r.header("X-CN").is_none(),
-        "a user token has no common_name"
-    );
+    assert!(r.header("X-CN").is_none(), "a user token has no common_name");
 
     let service = cf_access_dev::service_claims(TEAM, AUD, "abc.access", now(), 600);
     let r = nginx.get("/p/", &[(HDR, &mint(&key, &service))]);
@@ -244,10 +218,7 @@ fn http_level_directives_are_validated() {
         let (ok, out) = Nginx::builder()
             .http(&format!("{conf} server {{ listen 127.0.0.1:{{PORT}}; }}"))
             .test_config();
-        assert!(
-            !ok && out.contains("[emerg]") && out.contains(expected),
-            "{conf}: {out}"
-        );
+        assert!(!ok && out.contains("[emerg]") && out.contains(expected), "{conf}: {out}");
     }
     let (ok, out) = Nginx::builder()
         .http("cf_access_cache_size 0; server { listen 127.0.0.1:{PORT}; }")
@@ -262,10 +233,7 @@ fn nginx_t_and_nginx_s_do_not_fetch_keys() {
     let nginx = start(&certs.url(), "", "");
     let before = certs.hits();
     for args in [&["-t"][..], &["-s", "reopen"][..]] {
-        let out = Nginx::command(nginx.prefix(), nginx.conf_path())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = Nginx::command(nginx.prefix(), nginx.conf_path()).args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {out:?}");
     }
     std::thread::sleep(Duration::from_millis(200));

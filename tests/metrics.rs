@@ -1,6 +1,9 @@
 //! `cf_access_metrics`: instance-wide counters (the same answer from every worker, kept by a
 //! reload), key status per certs URL, readiness, and output a real Prometheus parser takes.
 
+// A test: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
@@ -44,9 +47,8 @@ fn site(certs_url: &str, workers: u32) -> Nginx {
 
 /// The Python with `prometheus_client` that scripts/test installs under target/tools/.
 fn prometheus_python() -> PathBuf {
-    let python = std::env::var_os("CF_ACCESS_PROM_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
+    let python =
+        std::env::var_os("CF_ACCESS_PROM_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/prometheus/bin/python3")
         });
     assert!(
@@ -77,12 +79,7 @@ fn parse_prometheus(text: &str) -> Value {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -128,24 +125,12 @@ fn counts_are_instance_wide_and_survive_a_reload() {
     let certs = CertsServer::start_with_keys(&[&key]);
     let nginx = site(&certs.url(), WORKERS);
     let good = token_for(&key, AUD, "a@example.com");
-    let expired = mint(
-        &key,
-        &user_claims(TEAM, AUD, "a@example.com", now() - 900, 600),
-    );
+    let expired = mint(&key, &user_claims(TEAM, AUD, "a@example.com", now() - 900, 600));
     let other_app = token_for(&key, OTHER_AUD, "a@example.com");
-    let mut expected = vec![
-        ("ok", 20),
-        ("no_token", 7),
-        ("expired", 5),
-        ("bad_audience", 3),
-    ];
+    let mut expected = vec![("ok", 20), ("no_token", 7), ("expired", 5), ("bad_audience", 3)];
     for (token, n) in [(good.as_str(), 20), ("", 7), (&expired, 5), (&other_app, 3)] {
         for _ in 0..n {
-            let headers: &[(&str, &str)] = if token.is_empty() {
-                &[]
-            } else {
-                &[(HDR, token)]
-            };
+            let headers: &[(&str, &str)] = if token.is_empty() { &[] } else { &[(HDR, token)] };
             // `/p/` runs the access phase twice (the index file is an internal redirect),
             // and is still one request; the others go straight to the file.
             let path = if n == 20 { "/p/" } else { "/p/index.html" };
@@ -158,40 +143,19 @@ fn counts_are_instance_wide_and_survive_a_reload() {
         let first = &answers[0].1.body;
         for (pid, r) in &answers {
             assert_eq!(r.status, 200);
-            assert_eq!(
-                r.header("Content-Type"),
-                Some("text/plain; version=0.0.4; charset=utf-8")
-            );
+            assert_eq!(r.header("Content-Type"), Some("text/plain; version=0.0.4; charset=utf-8"));
             assert_eq!(&r.body, first, "worker {pid} answers differently");
         }
         let m = parse_prometheus(first);
         assert_eq!(m["cf_access_requests"]["type"], "counter");
         for (status, n) in expected {
-            let got = sample(
-                &m,
-                "cf_access_requests",
-                "cf_access_requests_total",
-                &[("status", status)],
-            );
+            let got =
+                sample(&m, "cf_access_requests", "cf_access_requests_total", &[("status", status)]);
             assert_eq!(got, f64::from(*n), "status {status}");
         }
-        let hits = sample(
-            &m,
-            "cf_access_cache_hits",
-            "cf_access_cache_hits_total",
-            &[],
-        );
-        let misses = sample(
-            &m,
-            "cf_access_cache_misses",
-            "cf_access_cache_misses_total",
-            &[],
-        );
-        assert_eq!(
-            hits + misses,
-            lookups,
-            "every cache lookup was counted once"
-        );
+        let hits = sample(&m, "cf_access_cache_hits", "cf_access_cache_hits_total", &[]);
+        let misses = sample(&m, "cf_access_cache_misses", "cf_access_cache_misses_total", &[]);
+        assert_eq!(hits + misses, lookups, "every cache lookup was counted once");
         // Refused tokens are never cached (8 misses); the good one misses once per worker
         // cache (4 workers, 4 more after the reload) and hits otherwise.
         assert!(
@@ -200,22 +164,9 @@ fn counts_are_instance_wide_and_survive_a_reload() {
         );
         let url = certs.url();
         assert_eq!(m["cf_access_keys"]["type"], "gauge");
+        assert_eq!(sample(&m, "cf_access_keys", "cf_access_keys", &[("certs_url", &url)]), 1.0);
         assert_eq!(
-            sample(
-                &m,
-                "cf_access_keys",
-                "cf_access_keys",
-                &[("certs_url", &url)]
-            ),
-            1.0
-        );
-        assert_eq!(
-            sample(
-                &m,
-                "cf_access_keys_ready",
-                "cf_access_keys_ready",
-                &[("certs_url", &url)]
-            ),
+            sample(&m, "cf_access_keys_ready", "cf_access_keys_ready", &[("certs_url", &url)]),
             1.0
         );
         assert_eq!(sample(&m, "cf_access_ready", "cf_access_ready", &[]), 1.0);
@@ -282,20 +233,13 @@ fn readiness_follows_the_certs_endpoint_and_json_lists_the_kids() {
     assert_eq!(r.header("Content-Type"), Some("application/json"));
     let j: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(j["ready"], true);
-    let kids: BTreeSet<&str> = j["certs"][0]["kids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let kids: BTreeSet<&str> =
+        j["certs"][0]["kids"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert_eq!(kids, BTreeSet::from([k1.kid(), k2.kid()]));
     assert_eq!(j["certs"][0]["keys"], 2);
     assert!(j["certs"][0]["last_error"].is_null());
     assert!(j["certs"][0]["next_refresh"].as_u64().unwrap() >= now() as u64);
-    assert_eq!(
-        nginx.request("POST", "/metrics", &[], Some(b"x")).status,
-        405
-    );
+    assert_eq!(nginx.request("POST", "/metrics", &[], Some(b"x")).status, 405);
 }
 
 #[test]
@@ -303,8 +247,5 @@ fn the_metrics_directive_belongs_in_a_location() {
     let (ok, out) = Nginx::builder()
         .http("server { listen 127.0.0.1:{PORT}; cf_access_metrics; }")
         .test_config();
-    assert!(
-        !ok && out.contains("\"cf_access_metrics\" directive is not allowed here"),
-        "{out}"
-    );
+    assert!(!ok && out.contains("\"cf_access_metrics\" directive is not allowed here"), "{out}");
 }

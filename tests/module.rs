@@ -1,6 +1,9 @@
 //! End-to-end tests: the real nginx binary with the module, a loopback certs endpoint in
 //! Cloudflare's shape, and tokens minted here.
 
+// A test: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use cf_access_dev::{
@@ -95,12 +98,7 @@ fn site() -> Site {
             url = certs.url()
         ))
         .start();
-    Site {
-        current,
-        previous,
-        _certs: certs,
-        nginx,
-    }
+    Site { current, previous, _certs: certs, nginx }
 }
 
 fn with(mut v: Value, patch: impl FnOnce(&mut Value)) -> Value {
@@ -128,8 +126,7 @@ impl Site {
         assert_eq!(r.header("X-Status"), Some(status));
         assert_eq!(r.header("X-Email"), None, "no identity on a denied request");
         assert!(
-            self.nginx
-                .wait_for_log(&format!("access denied ({status})"), Duration::from_secs(2)),
+            self.nginx.wait_for_log(&format!("access denied ({status})"), Duration::from_secs(2)),
             "no log line for {status}:\n{}",
             self.nginx.error_log()
         );
@@ -150,10 +147,7 @@ fn verifies_tokens_end_to_end() {
     assert!(r.header("X-Sub").is_some_and(|s| !s.is_empty()));
 
     // Valid cookie only.
-    let r = s.get(
-        "/static/",
-        &[("Cookie", &format!("a=b; {COOKIE}={good}; c=d"))],
-    );
+    let r = s.get("/static/", &[("Cookie", &format!("a=b; {COOKIE}={good}; c=d"))]);
     assert_eq!(r.status, 200);
     assert_eq!(r.header("X-Email"), Some("alice@example.com"));
 
@@ -161,10 +155,7 @@ fn verifies_tokens_end_to_end() {
     let cookie = format!("{COOKIE}={good}");
     let r = s.get("/static/", &[(HDR, "x.y.z"), ("Cookie", &cookie)]);
     assert_eq!(r.status, 403);
-    let bob = mint(
-        &s.current,
-        &user_claims(TEAM, AUD, "bob@example.com", now(), 600),
-    );
+    let bob = mint(&s.current, &user_claims(TEAM, AUD, "bob@example.com", now(), 600));
     let r = s.get("/static/", &[(HDR, &bob), ("Cookie", &cookie)]);
     assert_eq!(r.header("X-Email"), Some("bob@example.com"));
 
@@ -172,9 +163,7 @@ fn verifies_tokens_end_to_end() {
     let r = s.get("/static/", &[]);
     assert_eq!(r.status, 403);
     assert_eq!(r.header("X-Status"), Some("no_token"));
-    assert!(s
-        .nginx
-        .wait_for_log("access denied (no_token)", Duration::from_secs(2)));
+    assert!(s.nginx.wait_for_log("access denied (no_token)", Duration::from_secs(2)));
 }
 
 #[test]
@@ -182,49 +171,23 @@ fn claims_are_enforced() {
     let s = site();
     let t = now();
     let key = &s.current;
-    s.denied(
-        &mint(key, &with(claims(), |c| c["exp"] = (t - 3600).into())),
-        "expired",
-    );
+    s.denied(&mint(key, &with(claims(), |c| c["exp"] = (t - 3600).into())), "expired");
     // Expired 10 s ago: inside the default 60 s leeway.
-    let r = s.with_token(
-        "/static/",
-        &mint(key, &with(claims(), |c| c["exp"] = (t - 10).into())),
-    );
+    let r = s.with_token("/static/", &mint(key, &with(claims(), |c| c["exp"] = (t - 10).into())));
     assert_eq!(r.status, 200);
-    s.denied(
-        &mint(key, &with(claims(), |c| c["nbf"] = (t + 3600).into())),
-        "not_yet_valid",
-    );
-    s.denied(
-        &mint(key, &with(claims(), |c| c["aud"] = json!(["not-ours"]))),
-        "bad_audience",
-    );
-    s.denied(
-        &mint(key, &with(claims(), |c| c["type"] = "org".into())),
-        "bad_audience",
-    );
+    s.denied(&mint(key, &with(claims(), |c| c["nbf"] = (t + 3600).into())), "not_yet_valid");
+    s.denied(&mint(key, &with(claims(), |c| c["aud"] = json!(["not-ours"]))), "bad_audience");
+    s.denied(&mint(key, &with(claims(), |c| c["type"] = "org".into())), "bad_audience");
     // aud as a plain string; aud array with another tag first.
-    let r = s.with_token(
-        "/static/",
-        &mint(key, &with(claims(), |c| c["aud"] = AUD.into())),
-    );
+    let r = s.with_token("/static/", &mint(key, &with(claims(), |c| c["aud"] = AUD.into())));
     assert_eq!(r.status, 200);
     let r = s.with_token(
         "/static/",
-        &mint(
-            key,
-            &with(claims(), |c| c["aud"] = json!(["someone-else", AUD])),
-        ),
+        &mint(key, &with(claims(), |c| c["aud"] = json!(["someone-else", AUD]))),
     );
     assert_eq!(r.status, 200);
     s.denied(
-        &mint(
-            key,
-            &with(claims(), |c| {
-                c["iss"] = "https://evil.cloudflareaccess.com".into()
-            }),
-        ),
+        &mint(key, &with(claims(), |c| c["iss"] = "https://evil.cloudflareaccess.com".into())),
         "bad_issuer",
     );
 }
@@ -251,11 +214,8 @@ fn forged_tokens_are_refused() {
     s.denied(&format!("{none}c2ln"), "bad_alg");
 
     // HS256 keyed with the public key (key confusion).
-    let hs = sign_hs256(
-        &s.current.public_key_der(),
-        &header_of("HS256", s.current.kid()),
-        &payload,
-    );
+    let hs =
+        sign_hs256(&s.current.public_key_der(), &header_of("HS256", s.current.kid()), &payload);
     s.denied(&hs, "bad_alg");
     let hs_pem = sign_hs256(
         s.current.public_key_pem().as_bytes(),
@@ -265,23 +225,13 @@ fn forged_tokens_are_refused() {
     s.denied(&hs_pem, "bad_alg");
 
     // RS384 with the right key.
-    let rs384 = sign_raw(
-        &s.current,
-        "RS384",
-        &header_of("RS384", s.current.kid()),
-        &payload,
-    );
+    let rs384 = sign_raw(&s.current, "RS384", &header_of("RS384", s.current.kid()), &payload);
     s.denied(&rs384, "bad_alg");
 
     // Unknown kid; a key that is not published, claiming a published kid.
     let stranger = KeyPair::generate();
     s.denied(&mint(&stranger, &claims()), "unknown_kid");
-    let spoofed = sign_raw(
-        &stranger,
-        "RS256",
-        &header_of("RS256", s.current.kid()),
-        &payload,
-    );
+    let spoofed = sign_raw(&stranger, "RS256", &header_of("RS256", s.current.kid()), &payload);
     s.denied(&spoofed, "bad_signature");
 }
 
@@ -289,10 +239,7 @@ fn forged_tokens_are_refused() {
 fn previous_key_and_service_tokens_are_valid() {
     let s = site();
     let r = s.with_token("/static/", &mint(&s.previous, &claims()));
-    assert_eq!(
-        r.status, 200,
-        "a token signed by the previous key is still valid"
-    );
+    assert_eq!(r.status, 200, "a token signed by the previous key is still valid");
 
     let service = service_claims(TEAM, AUD, "0123abcd.access", now(), 600);
     let r = s.with_token("/static/", &mint(&s.current, &service));
@@ -321,16 +268,8 @@ fn variables_reach_upstreams_and_subrequests() {
     let good = mint(&s.current, &claims());
     let r = s.with_token("/app/", &good);
     assert_eq!(r.status, 200);
-    assert!(
-        r.body.starts_with("email=alice@example.com sub="),
-        "{}",
-        r.body
-    );
-    assert!(
-        !r.body.trim_end().ends_with("sub="),
-        "sub is passed: {}",
-        r.body
-    );
+    assert!(r.body.starts_with("email=alice@example.com sub="), "{}", r.body);
+    assert!(!r.body.trim_end().ends_with("sub="), "sub is passed: {}", r.body);
 
     // Not verified: no upstream request at all, and a spoofed header is not reflected.
     let r = s.get("/app/", &[("X-User-Email", "mallory@example.com")]);
@@ -364,20 +303,16 @@ fn periodic_refresh_picks_up_a_rotated_key_set() {
     let token = mint(&new, &claims());
     assert_eq!(nginx.get("/p/", &[(HDR, &token)]).status, 403);
     certs.set_keys(&[&old, &new]);
-    nginx.wait_until(
-        Duration::from_secs(10),
-        "the rotated key to be picked up",
-        || nginx.get("/p/", &[(HDR, &token)]).status == 200,
-    );
+    nginx.wait_until(Duration::from_secs(10), "the rotated key to be picked up", || {
+        nginx.get("/p/", &[(HDR, &token)]).status == 200
+    });
 }
 
 #[test]
 fn no_keys_fails_closed_and_recovers() {
     let key = KeyPair::generate();
     let certs = CertsServer::start(cf_access_dev::Behavior::Status(500, "oops".into()));
-    let nginx = Nginx::builder()
-        .protected_site((TEAM, AUD, &certs.url()), "", "")
-        .start();
+    let nginx = Nginx::builder().protected_site((TEAM, AUD, &certs.url()), "", "").start();
     let token = mint(&key, &claims());
     let r = nginx.get("/p/", &[(HDR, &token)]);
     assert_eq!(r.status, 403);
@@ -393,9 +328,7 @@ fn no_keys_fails_closed_and_recovers() {
 /// `nginx -t` on a config with the given http-level text; returns (ok, output).
 fn test_config(http: &str) -> (bool, String) {
     Nginx::builder()
-        .http(&format!(
-            "server {{ listen 127.0.0.1:{{PORT}}; {http} location / {{ }} }}"
-        ))
+        .http(&format!("server {{ listen 127.0.0.1:{{PORT}}; {http} location / {{ }} }}"))
         .test_config()
 }
 
@@ -410,22 +343,10 @@ fn config_errors_at_nginx_t() {
             "cf_access on;".to_string(),
             "no \"cf_access_team_domain\" is defined for the \"cf_access\" directive",
         ),
-        (
-            format!("cf_access_team_domain {TEAM}; cf_access on;"),
-            "no \"cf_access_aud\" is defined",
-        ),
-        (
-            format!("{base} cf_access maybe;"),
-            "invalid value \"maybe\" in \"cf_access\" directive",
-        ),
-        (
-            format!("{base} cf_access on; cf_access off;"),
-            "\"cf_access\" directive is duplicate",
-        ),
-        (
-            format!("{base} cf_access_aud again;"),
-            "\"cf_access_aud\" directive is duplicate",
-        ),
+        (format!("cf_access_team_domain {TEAM}; cf_access on;"), "no \"cf_access_aud\" is defined"),
+        (format!("{base} cf_access maybe;"), "invalid value \"maybe\" in \"cf_access\" directive"),
+        (format!("{base} cf_access on; cf_access off;"), "\"cf_access\" directive is duplicate"),
+        (format!("{base} cf_access_aud again;"), "\"cf_access_aud\" directive is duplicate"),
         (
             format!("{base} cf_access_leeway soon;"),
             "invalid value \"soon\" in \"cf_access_leeway\" directive",
@@ -451,10 +372,7 @@ fn config_errors_at_nginx_t() {
         let (ok, out) = test_config(&conf);
         assert!(!ok, "{conf} must fail");
         assert!(out.contains("[emerg]"), "{conf}: {out}");
-        assert!(
-            out.contains(expected),
-            "{conf}: expected {expected:?} in:\n{out}"
-        );
+        assert!(out.contains(expected), "{conf}: expected {expected:?} in:\n{out}");
     }
     // http-level directives are checked too.
     let (ok, out) = Nginx::builder()

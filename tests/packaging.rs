@@ -12,6 +12,9 @@
 //! is pointed at those files for the whole test binary (`cf_access_testkit::build`), so
 //! nothing else lives here.
 
+// A test: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use cf_access_dev::KeyPair;

@@ -2,6 +2,9 @@
 //! go away promptly, nothing leaks from one generation of workers to the next (threads, open
 //! files, also in the master), and a graceful quit afterwards is prompt.
 
+// A test: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,10 +22,7 @@ const CLIENTS: usize = 3;
 /// (threads, open fds) of a process, from /proc.
 fn usage(pid: u32) -> Option<(usize, usize)> {
     let count = |dir: String| fs::read_dir(dir).ok().map(|d| d.count());
-    Some((
-        count(format!("/proc/{pid}/task"))?,
-        count(format!("/proc/{pid}/fd"))?,
-    ))
+    Some((count(format!("/proc/{pid}/task"))?, count(format!("/proc/{pid}/fd"))?))
 }
 
 /// The smallest (threads, open fds) of `pid` over ten samples 100 ms apart, so that a
@@ -61,9 +61,7 @@ fn settled_workers(nginx: &Nginx, old: &[u32]) -> Vec<u32> {
 
 /// Each worker's pid and [`usage_min`] (measure with no load running).
 fn measure(pids: &[u32]) -> Vec<(u32, (usize, usize))> {
-    pids.iter()
-        .map(|&p| (p, usage_min(p).expect("worker usage")))
-        .collect()
+    pids.iter().map(|&p| (p, usage_min(p).expect("worker usage"))).collect()
 }
 
 #[test]
@@ -74,10 +72,7 @@ fn reloads_under_load_lose_nothing_and_leak_nothing() {
         .workers(WORKERS)
         .protected_site((TEAM, AUD, &certs.url()), "cf_access_refresh 1s;", "")
         .start();
-    let token = mint(
-        &key,
-        &user_claims(TEAM, AUD, "alice@example.com", now(), 3600),
-    );
+    let token = mint(&key, &user_claims(TEAM, AUD, "alice@example.com", now(), 3600));
     let port = nginx.port();
     assert_eq!(nginx.get("/p/", &[(HDR, &token)]).status, 200);
 
@@ -124,15 +119,9 @@ fn reloads_under_load_lose_nothing_and_leak_nothing() {
         let old_conf = fs::read_to_string(nginx.conf_path()).unwrap();
         let conf = &old_conf;
         let conf = if i % 2 == 0 {
-            conf.replace(
-                &format!("cf_access_aud {AUD};"),
-                &format!("cf_access_aud {AUD} x;"),
-            )
+            conf.replace(&format!("cf_access_aud {AUD};"), &format!("cf_access_aud {AUD} x;"))
         } else {
-            conf.replace(
-                &format!("cf_access_aud {AUD} x;"),
-                &format!("cf_access_aud {AUD};"),
-            )
+            conf.replace(&format!("cf_access_aud {AUD} x;"), &format!("cf_access_aud {AUD};"))
         };
         assert_ne!(conf, old_conf, "the configuration changes");
         fs::write(nginx.conf_path(), conf).unwrap();
@@ -143,9 +132,7 @@ fn reloads_under_load_lose_nothing_and_leak_nothing() {
             }
         }
         // Let some requests reach the new workers before the next reload.
-        poll_until(Duration::from_secs(2), || {
-            ok.load(Ordering::SeqCst) >= before + 10
-        });
+        poll_until(Duration::from_secs(2), || ok.load(Ordering::SeqCst) >= before + 10);
         thread::sleep(Duration::from_millis(100));
         assert!(
             failures.lock().unwrap().is_empty(),
@@ -178,10 +165,7 @@ fn reloads_under_load_lose_nothing_and_leak_nothing() {
         failed.len()
     );
     assert!(failed.is_empty(), "failed requests: {failed:?}");
-    assert!(
-        served >= RELOADS * 10,
-        "too little load to mean anything: {served}"
-    );
+    assert!(served >= RELOADS * 10, "too little load to mean anything: {served}");
     // Every worker seen during the test but the last generation is gone.
     for p in &seen {
         assert!(

@@ -14,6 +14,9 @@
 //! Everything is read and parsed before the measured functions run, so their counts are only
 //! the work per token (divide by N).
 
+// A benchmark program: a failure is a panic with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 
 use cf_access_core::decide::{self, Check};
@@ -32,26 +35,17 @@ fn measure_rsa(keys: &KeySet, tokens: &[String]) -> usize {
 
 #[inline(never)]
 fn measure_verify(keys: &KeySet, policy: &Policy, now: i64, tokens: &[String]) -> usize {
-    tokens
-        .iter()
-        .filter(|t| black_box(verify(t, Some(keys), policy, now)).is_ok())
-        .count()
+    tokens.iter().filter(|t| black_box(verify(t, Some(keys), policy, now)).is_ok()).count()
 }
 
 #[inline(never)]
 fn measure_decide(keys: &KeySet, policy: &Policy, now: i64, tokens: &[String]) -> usize {
-    let check = Check {
-        policy,
-        keys: Some(keys),
-        now,
-    };
+    let check = Check { policy, keys: Some(keys), now };
     let mut cache = TokenCache::new(0);
     let mut ok = 0;
     for t in tokens {
-        let headers: [(&[u8], &[u8]); 2] = [
-            (b"Host", b"bench"),
-            (b"Cf-Access-Jwt-Assertion", t.as_bytes()),
-        ];
+        let headers: [(&[u8], &[u8]); 2] =
+            [(b"Host", b"bench"), (b"Cf-Access-Jwt-Assertion", t.as_bytes())];
         let d = black_box(decide::decide(headers, &check, &mut cache));
         ok += usize::from(d.verified.is_some());
     }

@@ -1,6 +1,9 @@
 //! Time per verification of the pure core, without nginx: `cargo run --release -p
 //! cf-access-core --example verify_speed`. Not a test; prints numbers.
 
+// A benchmark program: a failure is a panic with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Instant;
 
 use cf_access_core::{verify, verify_cached, KeySet, Policy, TokenCache};
@@ -13,10 +16,7 @@ fn main() {
     let team = "team.cloudflareaccess.com";
     let aud = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2";
     let policy = Policy::new(team, vec![aud.into()], 60);
-    let token = mint(
-        &key,
-        &user_claims(team, aud, "alice@example.com", now, 3600),
-    );
+    let token = mint(&key, &user_claims(team, aud, "alice@example.com", now, 3600));
     let n = 20_000;
 
     let t = Instant::now();

@@ -82,10 +82,7 @@ pub struct TokenCache {
 impl TokenCache {
     /// A cache of at most `capacity` tokens; 0 disables caching.
     pub fn new(capacity: usize) -> TokenCache {
-        TokenCache {
-            lru: NonZeroUsize::new(capacity).map(LruCache::new),
-            lookups: (0, 0),
-        }
+        TokenCache { lru: NonZeroUsize::new(capacity).map(LruCache::new), lookups: (0, 0) }
     }
 
     pub fn enabled(&self) -> bool {
@@ -145,9 +142,7 @@ pub fn verify_cached(
     }
     if let Some(hit) = cache.get(token) {
         let keys = keys.ok_or(VerifyError::NoKeys)?;
-        let same_key = keys
-            .get(&hit.kid)
-            .is_some_and(|k| k.fingerprint == hit.key_fingerprint);
+        let same_key = keys.get(&hit.kid).is_some_and(|k| k.fingerprint == hit.key_fingerprint);
         if same_key {
             return match policy.check(&hit.claims, now) {
                 Ok(()) => Ok(hit),
@@ -207,14 +202,8 @@ mod tests {
         // The key leaves the key set.
         assert!(verify_cached(t.as_bytes(), Some(&both), &policy(), NOW, &mut cache).is_ok());
         assert_eq!(
-            verify_cached(
-                t.as_bytes(),
-                Some(&set(&[other])),
-                &policy(),
-                NOW,
-                &mut cache
-            )
-            .unwrap_err(),
+            verify_cached(t.as_bytes(), Some(&set(&[other])), &policy(), NOW, &mut cache)
+                .unwrap_err(),
             VerifyError::UnknownKid
         );
         assert_eq!(
@@ -229,16 +218,10 @@ mod tests {
         let state = std::collections::hash_map::RandomState::new();
         let token: Arc<str> = Arc::from("header.payload.signature-of-more-than-32-bytes-long");
         let key = TokenKey(token.clone());
-        assert_eq!(
-            state.hash_one(&key),
-            state.hash_one(TokenBytes::new(token.as_bytes()))
-        );
+        assert_eq!(state.hash_one(&key), state.hash_one(TokenBytes::new(token.as_bytes())));
         // Only the length and the tail are hashed; equality is the whole token.
         let other = "HEADER.payload.signature-of-more-than-32-bytes-long";
-        assert_eq!(
-            state.hash_one(TokenBytes::new(other.as_bytes())),
-            state.hash_one(&key)
-        );
+        assert_eq!(state.hash_one(TokenBytes::new(other.as_bytes())), state.hash_one(&key));
         assert!(TokenBytes::new(other.as_bytes()) != Borrow::<TokenBytes>::borrow(&key));
     }
 

@@ -24,12 +24,9 @@ pub fn lookup(root: &Map<String, Value>, custom: bool, name: &str) -> Option<Str
     } else {
         root
     };
-    let value = object.get(name).or_else(|| {
-        object
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    })?;
+    let value = object
+        .get(name)
+        .or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))?;
     Some(match value {
         Value::String(s) => header_safe(s).into_owned(),
         other => header_safe_owned(other.to_string()),

@@ -93,14 +93,9 @@ mod tests {
         ] {
             assert_eq!(certs_url(good.as_bytes()), Some(good), "{good}");
         }
-        for bad in [
-            "ftp://x/y",
-            "https://",
-            "https:///path",
-            "host/path",
-            "http://:80/",
-            "http://[::1/",
-        ] {
+        for bad in
+            ["ftp://x/y", "https://", "https:///path", "host/path", "http://:80/", "http://[::1/"]
+        {
             assert_eq!(certs_url(bad.as_bytes()), None, "{bad}");
         }
         assert_eq!(proxy_url(b"http://proxy:3128"), Some("http://proxy:3128"));

@@ -77,11 +77,7 @@ mod tests {
 
     fn run(headers: &[(&[u8], &[u8])], keys: Option<&KeySet>, cache: &mut TokenCache) -> Decision {
         let policy = policy();
-        let check = Check {
-            policy: &policy,
-            keys,
-            now: NOW,
-        };
+        let check = Check { policy: &policy, keys, now: NOW };
         decide(headers.iter().copied(), &check, cache)
     }
 
@@ -91,20 +87,13 @@ mod tests {
         let ks = set(&[k]);
         let mut cache = TokenCache::new(10);
         let good = token(k, |_| {});
-        let d = run(
-            &[(b"Cf-Access-Jwt-Assertion", good.as_bytes())],
-            Some(&ks),
-            &mut cache,
-        );
+        let d = run(&[(b"Cf-Access-Jwt-Assertion", good.as_bytes())], Some(&ks), &mut cache);
         assert_eq!(d.status, Status::Ok);
         assert_eq!(d.verified.unwrap().identity.email, "a@example.com");
         assert!(d.error.is_none() && !d.wants_refresh);
 
         let d = run(&[], Some(&ks), &mut cache);
-        assert_eq!(
-            (d.status, d.error),
-            (Status::NoToken, Some(VerifyError::NoToken))
-        );
+        assert_eq!((d.status, d.error), (Status::NoToken, Some(VerifyError::NoToken)));
 
         let stranger = token(other, |_| {});
         let d = run(
@@ -115,11 +104,7 @@ mod tests {
         assert_eq!(d.status, Status::UnknownKid);
         assert!(d.wants_refresh, "an unknown kid asks for a refresh");
 
-        let d = run(
-            &[(b"Cf-Access-Jwt-Assertion", good.as_bytes())],
-            None,
-            &mut cache,
-        );
+        let d = run(&[(b"Cf-Access-Jwt-Assertion", good.as_bytes())], None, &mut cache);
         assert_eq!(d.status, Status::NoKeys);
         assert!(!d.wants_refresh);
 
@@ -134,10 +119,6 @@ mod tests {
         assert_eq!(first_unmet([&b"a"[..], b"0", b""]), Some(1));
         assert_eq!(first_unmet([&b""[..]]), Some(0));
         assert_eq!(first_unmet(std::iter::empty()), None);
-        assert_eq!(
-            first_unmet([&b"00"[..]]),
-            None,
-            "only exactly \"0\" is false"
-        );
+        assert_eq!(first_unmet([&b"00"[..]]), None, "only exactly \"0\" is false");
     }
 }

@@ -16,9 +16,7 @@ pub fn cookie_value<'a>(cookie_header: &'a [u8], name: &[u8]) -> Option<&'a [u8]
         (k.trim_ascii() == name).then(|| {
             let v = v.trim_ascii();
             // RFC 6265 allows the value in double quotes.
-            v.strip_prefix(b"\"")
-                .and_then(|v| v.strip_suffix(b"\""))
-                .unwrap_or(v)
+            v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v)
         })
     })
 }
@@ -40,9 +38,7 @@ where
     for (name, value) in headers {
         if name.eq_ignore_ascii_case(HEADER.as_bytes()) {
             if header.is_some() {
-                return Err(VerifyError::Malformed(
-                    "more than one Cf-Access-Jwt-Assertion header",
-                ));
+                return Err(VerifyError::Malformed("more than one Cf-Access-Jwt-Assertion header"));
             }
             header = Some(value);
         } else if name.eq_ignore_ascii_case(b"cookie") {
@@ -55,9 +51,7 @@ where
     let token = match (header, cookie) {
         (Some(h), _) => h,
         (None, Some(_)) if cookies > 1 => {
-            return Err(VerifyError::Malformed(
-                "more than one CF_Authorization cookie",
-            ))
+            return Err(VerifyError::Malformed("more than one CF_Authorization cookie"))
         }
         (None, Some(c)) => c,
         (None, None) => return Ok(None),
@@ -67,9 +61,7 @@ where
 
 /// Every value of cookie `name` in one `Cookie` header value.
 fn cookie_values<'a>(cookie_header: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
-    cookie_header
-        .split(|b| *b == b';')
-        .filter_map(move |pair| cookie_value(pair, name))
+    cookie_header.split(|b| *b == b';').filter_map(move |pair| cookie_value(pair, name))
 }
 
 #[cfg(test)]
@@ -78,14 +70,8 @@ mod tests {
 
     #[test]
     fn cookies() {
-        assert_eq!(
-            cookie_value(b"a=1; CF_Authorization=tok; b=2", COOKIE),
-            Some(&b"tok"[..])
-        );
-        assert_eq!(
-            cookie_value(b"CF_Authorization=\"tok\"", COOKIE),
-            Some(&b"tok"[..])
-        );
+        assert_eq!(cookie_value(b"a=1; CF_Authorization=tok; b=2", COOKIE), Some(&b"tok"[..]));
+        assert_eq!(cookie_value(b"CF_Authorization=\"tok\"", COOKIE), Some(&b"tok"[..]));
         assert_eq!(cookie_value(b"cf_authorization=tok", COOKIE), None);
         assert_eq!(cookie_value(b"XCF_Authorization=tok", COOKIE), None);
         assert_eq!(cookie_value(b"CF_Authorization", COOKIE), None);
@@ -95,34 +81,26 @@ mod tests {
 
     #[test]
     fn header_wins_over_cookie() {
-        let h: Vec<(&[u8], &[u8])> = vec![
-            (b"Cookie", b"CF_Authorization=c"),
-            (b"cf-access-jwt-assertion", b"h"),
-        ];
+        let h: Vec<(&[u8], &[u8])> =
+            vec![(b"Cookie", b"CF_Authorization=c"), (b"cf-access-jwt-assertion", b"h")];
         assert_eq!(find_token(h), Ok(Some(&b"h"[..])));
         let c: Vec<(&[u8], &[u8])> = vec![(b"Cookie", b"x=1"), (b"Cookie", b"CF_Authorization=c")];
         assert_eq!(find_token(c), Ok(Some(&b"c"[..])));
         let none: Vec<(&[u8], &[u8])> = vec![(b"Host", b"x")];
         assert_eq!(find_token(none), Ok(None));
-        let two: Vec<(&[u8], &[u8])> = vec![
-            (b"Cf-Access-Jwt-Assertion", b"a"),
-            (b"Cf-Access-Jwt-Assertion", b"b"),
-        ];
+        let two: Vec<(&[u8], &[u8])> =
+            vec![(b"Cf-Access-Jwt-Assertion", b"a"), (b"Cf-Access-Jwt-Assertion", b"b")];
         assert!(find_token(two).is_err());
     }
 
     #[test]
     fn two_cookies_are_ambiguous_unless_the_header_decides() {
-        let malformed = Err(VerifyError::Malformed(
-            "more than one CF_Authorization cookie",
-        ));
+        let malformed = Err(VerifyError::Malformed("more than one CF_Authorization cookie"));
         let one_header: Vec<(&[u8], &[u8])> =
             vec![(b"Cookie", b"CF_Authorization=a; x=1; CF_Authorization=b")];
         assert_eq!(find_token(one_header), malformed);
-        let two_headers: Vec<(&[u8], &[u8])> = vec![
-            (b"Cookie", b"CF_Authorization=a"),
-            (b"Cookie", b"CF_Authorization=b"),
-        ];
+        let two_headers: Vec<(&[u8], &[u8])> =
+            vec![(b"Cookie", b"CF_Authorization=a"), (b"Cookie", b"CF_Authorization=b")];
         assert_eq!(find_token(two_headers.clone()), malformed);
         let mut with_header = two_headers;
         with_header.push((b"Cf-Access-Jwt-Assertion", b"h"));

@@ -49,9 +49,7 @@ impl Key {
         let Ok(len) = URL_SAFE_NO_PAD.decode_slice(signature, &mut buf) else {
             return false;
         };
-        self.parsed
-            .verify_sig(signing_input.as_bytes(), &buf[..len])
-            .is_ok()
+        self.parsed.verify_sig(signing_input.as_bytes(), &buf[..len]).is_ok()
     }
 }
 
@@ -168,14 +166,7 @@ fn rsa_key(entry: serde_json::Value) -> Option<(Key, serde_json::Value)> {
     let canonical = serde_json::json!({
         "kty": "RSA", "kid": &jwk.kid, "alg": "RS256", "use": "sig", "n": jwk.n, "e": jwk.e,
     });
-    Some((
-        Key {
-            kid: jwk.kid,
-            fingerprint,
-            parsed,
-        },
-        canonical,
-    ))
+    Some((Key { kid: jwk.kid, fingerprint, parsed }, canonical))
 }
 
 #[cfg(test)]
@@ -237,14 +228,8 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert!(matches!(
-            KeySet::from_certs_json(b"<html>"),
-            Err(JwksError::Json(_))
-        ));
-        assert_eq!(
-            KeySet::from_certs_json(b"{}").unwrap_err(),
-            JwksError::NoKeysArray
-        );
+        assert!(matches!(KeySet::from_certs_json(b"<html>"), Err(JwksError::Json(_))));
+        assert_eq!(KeySet::from_certs_json(b"{}").unwrap_err(), JwksError::NoKeysArray);
         assert_eq!(
             KeySet::from_certs_json(br#"{"keys":[]}"#).unwrap_err(),
             JwksError::NoUsableKeys

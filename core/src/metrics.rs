@@ -93,10 +93,7 @@ pub fn snapshot(
     let mut out = Vec::with_capacity(sources.len());
     for &(slot, url) in sources {
         let g = zone.lock_within(slot, wait)?;
-        let mut k = KeySource {
-            url: url.to_string(),
-            ..KeySource::default()
-        };
+        let mut k = KeySource { url: url.to_string(), ..KeySource::default() };
         if g.url() == url {
             let st = g.state();
             if st.seq != 0 {
@@ -140,12 +137,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// A per-certs-URL series: name, type, help, value.
-type Gauge = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&KeySource) -> u64,
-);
+type Gauge = (&'static str, &'static str, &'static str, fn(&KeySource) -> u64);
 
 /// The Prometheus text exposition format (`text/plain; version=0.0.4`).
 pub fn prometheus(s: &Snapshot) -> String {
@@ -175,34 +167,21 @@ pub fn prometheus(s: &Snapshot) -> String {
     let _ = writeln!(out, "cf_access_cache_misses_total {}", s.cache_misses);
 
     let per_source: [Gauge; 3] = [
-        (
-            "cf_access_keys",
-            "gauge",
-            "Keys in the loaded key set.",
-            |k| u64::from(k.keys),
-        ),
+        ("cf_access_keys", "gauge", "Keys in the loaded key set.", |k| u64::from(k.keys)),
         (
             "cf_access_keys_last_success_timestamp_seconds",
             "gauge",
             "When a fetch of the certs URL last succeeded (0: never).",
             |k| k.last_success,
         ),
-        (
-            "cf_access_keys_ready",
-            "gauge",
-            "1 when a key set is loaded for the certs URL.",
-            |k| u64::from(k.ready()),
-        ),
+        ("cf_access_keys_ready", "gauge", "1 when a key set is loaded for the certs URL.", |k| {
+            u64::from(k.ready())
+        }),
     ];
     for (name, kind, help, value) in per_source {
         family(&mut out, name, kind, help);
         for k in &s.sources {
-            let _ = writeln!(
-                out,
-                "{name}{{certs_url=\"{}\"}} {}",
-                label(&k.url),
-                value(k)
-            );
+            let _ = writeln!(out, "{name}{{certs_url=\"{}\"}} {}", label(&k.url), value(k));
         }
     }
     family(
@@ -220,12 +199,7 @@ pub fn prometheus(s: &Snapshot) -> String {
             );
         }
     }
-    family(
-        &mut out,
-        "cf_access_ready",
-        "gauge",
-        "1 when every certs URL in use has a key set.",
-    );
+    family(&mut out, "cf_access_ready", "gauge", "1 when every certs URL in use has a key set.");
     let _ = writeln!(out, "cf_access_ready {}", u8::from(s.ready()));
     out
 }
@@ -233,11 +207,8 @@ pub fn prometheus(s: &Snapshot) -> String {
 /// The same as JSON, with per certs URL also the kids, the fetch time, the last error and
 /// when the next refresh is due.
 pub fn json(s: &Snapshot) -> String {
-    let requests: serde_json::Map<String, serde_json::Value> = s
-        .requests
-        .iter()
-        .map(|(status, n)| (status.to_string(), json!(n)))
-        .collect();
+    let requests: serde_json::Map<String, serde_json::Value> =
+        s.requests.iter().map(|(status, n)| (status.to_string(), json!(n))).collect();
     let sources: Vec<serde_json::Value> = s
         .sources
         .iter()
@@ -343,33 +314,16 @@ mod tests {
         }
         zone.counters().requests[Status::Expired.index()].fetch_add(2, Ordering::Relaxed);
         zone.counters().cache_hits.fetch_add(5, Ordering::Relaxed);
-        let s = snapshot(
-            &zone,
-            &[(slot, url)],
-            Duration::from_millis(10),
-            20_000,
-            1030,
-        )
-        .unwrap();
+        let s = snapshot(&zone, &[(slot, url)], Duration::from_millis(10), 20_000, 1030).unwrap();
         assert!(s.ready());
         assert_eq!(s.requests.len(), Status::ALL.len());
         assert!(s.requests.contains(&("expired", 2)));
         assert_eq!(s.cache_hits, 5);
         let k = &s.sources[0];
-        assert_eq!(
-            (k.keys, k.kids.clone()),
-            (2, vec!["k1".into(), "k2".into()])
-        );
+        assert_eq!((k.keys, k.kids.clone()), (2, vec!["k1".into(), "k2".into()]));
         assert_eq!(k.next_refresh, 1060);
         // A URL whose slot holds another URL (a newer configuration) is not ready.
-        let s = snapshot(
-            &zone,
-            &[(slot, "https://other/certs")],
-            Duration::ZERO,
-            0,
-            0,
-        )
-        .unwrap();
+        let s = snapshot(&zone, &[(slot, "https://other/certs")], Duration::ZERO, 0, 0).unwrap();
         assert!(!s.ready());
     }
 

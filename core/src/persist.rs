@@ -55,11 +55,7 @@ pub enum PersistError {
     #[error("{0:?} has no file name")]
     NoFileName(PathBuf),
     #[error("cannot {what} {path:?}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, source: io::Error },
     #[error("symbolic link {path:?} is owned by uid {uid}, not {}", dir_owners(.euid))]
     LinkOwner { path: PathBuf, uid: u32, euid: u32 },
     #[error("too many symbolic links on the way to {0:?}")]
@@ -106,10 +102,7 @@ pub fn encode<'a>(sets: impl IntoIterator<Item = (&'a str, &'a Saved)>) -> Vec<u
         .into_iter()
         .filter_map(|(url, saved)| {
             let certs: serde_json::Value = serde_json::from_slice(&saved.body).ok()?;
-            Some((
-                url,
-                serde_json::json!({ "fetched_at": saved.fetched_at, "certs": certs }),
-            ))
+            Some((url, serde_json::json!({ "fetched_at": saved.fetched_at, "certs": certs })))
         })
         .collect();
     serde_json::to_vec_pretty(&map).unwrap_or_default()
@@ -140,20 +133,12 @@ fn decode_entry(value: serde_json::Value) -> Result<Saved, &'static str> {
         serde_json::Value::Object(mut obj) if obj.contains_key("certs") => {
             let fetched_at = match obj.get("fetched_at") {
                 None | Some(serde_json::Value::Null) => 0,
-                Some(v) => v
-                    .as_u64()
-                    .ok_or("\"fetched_at\" is not a non-negative integer")?,
+                Some(v) => v.as_u64().ok_or("\"fetched_at\" is not a non-negative integer")?,
             };
             let certs = obj.remove("certs").unwrap_or_default();
-            Ok(Saved {
-                fetched_at,
-                body: certs.to_string().into_bytes(),
-            })
+            Ok(Saved { fetched_at, body: certs.to_string().into_bytes() })
         }
-        old => Ok(Saved {
-            fetched_at: 0,
-            body: old.to_string().into_bytes(),
-        }),
+        old => Ok(Saved { fetched_at: 0, body: old.to_string().into_bytes() }),
     }
 }
 
@@ -187,11 +172,7 @@ pub fn store(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
     }
     let (dir_path, name) = split(path)?;
     let dir = open_dir(&dir_path)?.ok_or_else(|| {
-        io_error(
-            "open directory",
-            &dir_path,
-            io::Error::from_raw_os_error(libc::ENOENT),
-        )
+        io_error("open directory", &dir_path, io::Error::from_raw_os_error(libc::ENOENT))
     })?;
     let c_name = c_string(name, path)?;
     let tmp = temp_name(name)?;
@@ -206,15 +187,12 @@ pub fn store(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
         unlink_at(&dir, &c_tmp);
         return Err(e);
     }
-    dir.sync_all()
-        .map_err(|e| io_error("sync directory", &dir_path, e))
+    dir.sync_all().map_err(|e| io_error("sync directory", &dir_path, e))
 }
 
 /// Splits `path` into its directory (`.` for a bare name) and file name.
 fn split(path: &Path) -> Result<(PathBuf, &OsStr), PersistError> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| PersistError::NoFileName(path.to_path_buf()))?;
+    let name = path.file_name().ok_or_else(|| PersistError::NoFileName(path.to_path_buf()))?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
@@ -256,9 +234,7 @@ fn open_dir(dir_path: &Path) -> Result<Option<File>, PersistError> {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
             Err(e) => return Err(io_error("open directory", &next, e)),
         };
-        let meta = opened
-            .metadata()
-            .map_err(|e| io_error("stat directory", &next, e))?;
+        let meta = opened.metadata().map_err(|e| io_error("stat directory", &next, e))?;
         if meta.is_dir() {
             dir = opened;
             if name == ".." {
@@ -273,11 +249,7 @@ fn open_dir(dir_path: &Path) -> Result<Option<File>, PersistError> {
         }
         let euid = effective_uid();
         if meta.uid() != 0 && meta.uid() != euid {
-            return Err(PersistError::LinkOwner {
-                path: next,
-                uid: meta.uid(),
-                euid,
-            });
+            return Err(PersistError::LinkOwner { path: next, uid: meta.uid(), euid });
         }
         links += 1;
         if links > MAX_LINKS {
@@ -312,9 +284,7 @@ fn open_root() -> Result<File, PersistError> {
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
     // SAFETY: the literal is a NUL-terminated string; open(2) keeps no reference to it.
     let fd = unsafe { libc::open(c"/".as_ptr(), flags) };
-    owned(fd)
-        .map(File::from)
-        .map_err(|e| io_error("open directory", Path::new("/"), e))
+    owned(fd).map(File::from).map_err(|e| io_error("open directory", Path::new("/"), e))
 }
 
 /// The target of the symbolic link `link` (a descriptor opened with `O_PATH | O_NOFOLLOW`).
@@ -324,12 +294,7 @@ fn read_link(link: &File) -> io::Result<PathBuf> {
     // NUL-terminated literal, `buf` is writable for its whole length, and readlinkat(2)
     // keeps no reference to any of them.
     let n = unsafe {
-        libc::readlinkat(
-            link.as_raw_fd(),
-            c"".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
+        libc::readlinkat(link.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
     };
     let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
     if n >= buf.len() {
@@ -352,20 +317,14 @@ use DirRole::{Above, Parent};
 /// Refuses a directory that anyone but root or the effective user could write to (or, for
 /// a directory above, change entries of root's or ours in: a sticky one is allowed there).
 fn check_dir(dir_path: &Path, dir: &File, role: DirRole) -> Result<(), PersistError> {
-    let meta = dir
-        .metadata()
-        .map_err(|e| io_error("stat directory", dir_path, e))?;
+    let meta = dir.metadata().map_err(|e| io_error("stat directory", dir_path, e))?;
     let path = || dir_path.to_path_buf();
     if !meta.is_dir() {
         return Err(PersistError::NotDir(path()));
     }
     let euid = effective_uid();
     if meta.uid() != 0 && meta.uid() != euid {
-        return Err(PersistError::DirOwner {
-            path: path(),
-            uid: meta.uid(),
-            euid,
-        });
+        return Err(PersistError::DirOwner { path: path(), uid: meta.uid(), euid });
     }
     let mode = meta.mode() & 0o7777;
     if role == Above && mode & 0o1000 != 0 {
@@ -376,11 +335,7 @@ fn check_dir(dir_path: &Path, dir: &File, role: DirRole) -> Result<(), PersistEr
     }
     if mode & 0o020 != 0 {
         if meta.gid() != 0 && meta.gid() != effective_gid() {
-            return Err(PersistError::DirGroupWritable {
-                path: path(),
-                gid: meta.gid(),
-                mode,
-            });
+            return Err(PersistError::DirGroupWritable { path: path(), gid: meta.gid(), mode });
         }
         // With an access ACL, the group bits are its mask: a named user or group may write.
         if has_access_acl(dir).map_err(|e| io_error("read the ACL of", dir_path, e))? {
@@ -423,18 +378,11 @@ fn check_file(path: &Path, file: &File) -> Result<(), PersistError> {
     }
     let euid = effective_uid();
     if meta.uid() != euid {
-        return Err(PersistError::Owner {
-            path: path.to_path_buf(),
-            uid: meta.uid(),
-            euid,
-        });
+        return Err(PersistError::Owner { path: path.to_path_buf(), uid: meta.uid(), euid });
     }
     let mode = meta.mode() & 0o7777;
     if mode & 0o022 != 0 {
-        return Err(PersistError::Writable {
-            path: path.to_path_buf(),
-            mode,
-        });
+        return Err(PersistError::Writable { path: path.to_path_buf(), mode });
     }
     if meta.size() > MAX_FILE {
         return Err(PersistError::TooLarge(path.to_path_buf()));
@@ -445,9 +393,7 @@ fn check_file(path: &Path, file: &File) -> Result<(), PersistError> {
 /// Reads the whole file, refusing it if it has grown past [`MAX_FILE`] since the check.
 fn read_capped(path: &Path, file: File) -> Result<Vec<u8>, PersistError> {
     let mut bytes = Vec::new();
-    file.take(MAX_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| io_error("read", path, e))?;
+    file.take(MAX_FILE + 1).read_to_end(&mut bytes).map_err(|e| io_error("read", path, e))?;
     if u64::try_from(bytes.len()).map_or(true, |n| n > MAX_FILE) {
         return Err(PersistError::TooLarge(path.to_path_buf()));
     }
@@ -486,14 +432,8 @@ fn c_string(s: &OsStr, path: &Path) -> Result<CString, PersistError> {
 fn open_at(dir: &File, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
     // SAFETY: `dir` is an open descriptor for the duration of the call, `name` is a
     // NUL-terminated string that outlives it, and openat(2) keeps no reference to either.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags,
-            libc::c_uint::from(mode),
-        )
-    };
+    let fd =
+        unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, libc::c_uint::from(mode)) };
     owned(fd).map(File::from)
 }
 
@@ -537,11 +477,7 @@ fn effective_gid() -> u32 {
 }
 
 fn io_error(what: &'static str, path: &Path, source: io::Error) -> PersistError {
-    PersistError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
+    PersistError::Io { what, path: path.to_path_buf(), source }
 }
 
 #[cfg(test)]
@@ -574,10 +510,7 @@ mod tests {
         }
 
         fn entries(&self) -> Vec<OsString> {
-            fs::read_dir(&self.0)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect()
+            fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name()).collect()
         }
     }
 
@@ -592,17 +525,11 @@ mod tests {
         BTreeMap::from([
             (
                 "https://t.cloudflareaccess.com/cdn-cgi/access/certs".to_owned(),
-                Saved {
-                    fetched_at: 1_700_000_000,
-                    body: BODY.to_vec(),
-                },
+                Saved { fetched_at: 1_700_000_000, body: BODY.to_vec() },
             ),
             (
                 "https://u/certs".to_owned(),
-                Saved {
-                    fetched_at: 0,
-                    body: br#"{"keys":[]}"#.to_vec(),
-                },
+                Saved { fetched_at: 0, body: br#"{"keys":[]}"#.to_vec() },
             ),
         ])
     }
@@ -645,14 +572,8 @@ mod tests {
 
     #[test]
     fn encode_skips_invalid_bodies() {
-        let bad = Saved {
-            fetched_at: 1,
-            body: b"{ truncated".to_vec(),
-        };
-        let good = Saved {
-            fetched_at: 2,
-            body: BODY.to_vec(),
-        };
+        let bad = Saved { fetched_at: 1, body: b"{ truncated".to_vec() };
+        let good = Saved { fetched_at: 2, body: BODY.to_vec() };
         let bytes = encode([("https://bad", &bad), ("https://good", &good)]);
         let map = decode(&bytes).unwrap();
         assert_eq!(map.keys().collect::<Vec<_>>(), ["https://good"]);
@@ -661,21 +582,15 @@ mod tests {
 
     #[test]
     fn old_format_and_garbage() {
-        let old = format!(
-            r#"{{"https://t/certs": {}}}"#,
-            std::str::from_utf8(BODY).unwrap()
-        );
+        let old = format!(r#"{{"https://t/certs": {}}}"#, std::str::from_utf8(BODY).unwrap());
         let map = decode(old.as_bytes()).unwrap();
         let saved = &map["https://t/certs"];
         assert_eq!(saved.fetched_at, 0);
         assert_eq!(json(&saved.body), json(BODY));
 
-        for garbage in [
-            &b"{ truncated"[..],
-            b"[1, 2]",
-            b"",
-            br#"{"u": {"certs": {}, "fetched_at": -1}}"#,
-        ] {
+        for garbage in
+            [&b"{ truncated"[..], b"[1, 2]", b"", br#"{"u": {"certs": {}, "fetched_at": -1}}"#]
+        {
             let err = decode(garbage).unwrap_err();
             assert!(matches!(err, PersistError::Format(_)), "{err:?}");
             assert!(err.to_string().starts_with("not a key cache file"), "{err}");
@@ -735,10 +650,7 @@ mod tests {
         // A link someone else owns (in a sticky directory, say) may point anywhere they like.
         std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
         let err = load(&link.join("keys.json")).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!("symbolic link {link:?} is owned by uid 65534, not 0")
-        );
+        assert_eq!(err.to_string(), format!("symbolic link {link:?} is owned by uid 65534, not 0"));
         assert!(matches!(
             store(&link.join("keys.json"), &encoded()).unwrap_err(),
             PersistError::LinkOwner { .. }
@@ -768,10 +680,7 @@ mod tests {
         assert_ne!(a, b);
         for t in [a, b] {
             let t = t.to_str().unwrap();
-            let hex = t
-                .strip_prefix(".keys.json.")
-                .and_then(|s| s.strip_suffix(".tmp"))
-                .unwrap();
+            let hex = t.strip_prefix(".keys.json.").and_then(|s| s.strip_suffix(".tmp")).unwrap();
             assert_eq!(hex.len(), 16, "{t}");
             assert!(hex.bytes().all(|c| c.is_ascii_hexdigit()), "{t}");
         }
@@ -818,14 +727,8 @@ mod tests {
         write_cache(&path);
         std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
         let err = load(&path).unwrap_err();
-        assert!(
-            matches!(err, PersistError::Owner { uid: 65534, .. }),
-            "{err:?}"
-        );
-        assert_eq!(
-            err.to_string(),
-            format!("{path:?} is owned by uid 65534, not 0")
-        );
+        assert!(matches!(err, PersistError::Owner { uid: 65534, .. }), "{err:?}");
+        assert_eq!(err.to_string(), format!("{path:?} is owned by uid 65534, not 0"));
     }
 
     #[test]
@@ -838,10 +741,7 @@ mod tests {
         write_cache(&path);
         std::os::unix::fs::chown(&dir.0, Some(65534), Some(65534)).unwrap();
         let err = load(&path).unwrap_err();
-        assert!(
-            matches!(err, PersistError::DirOwner { uid: 65534, .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, PersistError::DirOwner { uid: 65534, .. }), "{err:?}");
         assert!(store(&path, b"{}").is_err());
     }
 
@@ -853,10 +753,7 @@ mod tests {
         fs::set_permissions(&path, Permissions::from_mode(0o664)).unwrap();
         let err = load(&path).unwrap_err();
         assert!(matches!(err, PersistError::Writable { .. }), "{err:?}");
-        assert_eq!(
-            err.to_string(),
-            format!("{path:?} is writable by group or others (mode 0664)")
-        );
+        assert_eq!(err.to_string(), format!("{path:?} is writable by group or others (mode 0664)"));
     }
 
     #[test]
@@ -898,10 +795,7 @@ mod tests {
         store(&path, &encoded()).unwrap();
         // But the file's own directory may not be sticky and writable by others.
         fs::set_permissions(&dir, Permissions::from_mode(0o1777)).unwrap();
-        assert!(matches!(
-            load(&path).unwrap_err(),
-            PersistError::DirWritable { .. }
-        ));
+        assert!(matches!(load(&path).unwrap_err(), PersistError::DirWritable { .. }));
         fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
     }
 
@@ -999,10 +893,7 @@ mod tests {
         assert!(load(&path).unwrap().is_some(), "group 0 may write");
         std::os::unix::fs::chown(&dir.0, None, Some(65534)).unwrap();
         let err = load(&path).unwrap_err();
-        assert!(
-            matches!(err, PersistError::DirGroupWritable { gid: 65534, .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, PersistError::DirGroupWritable { gid: 65534, .. }), "{err:?}");
     }
 
     #[test]
@@ -1010,18 +901,10 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.join("keys.json");
         write_cache(&path);
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(MAX_FILE + 1)
-            .unwrap();
+        File::options().write(true).open(&path).unwrap().set_len(MAX_FILE + 1).unwrap();
         let err = load(&path).unwrap_err();
         assert!(matches!(err, PersistError::TooLarge(_)), "{err:?}");
-        assert_eq!(
-            err.to_string(),
-            format!("{path:?} is larger than 4194304 bytes")
-        );
+        assert_eq!(err.to_string(), format!("{path:?} is larger than 4194304 bytes"));
 
         let big = vec![b' '; usize::try_from(MAX_FILE).unwrap() + 1];
         let err = store(&dir.join("other.json"), &big).unwrap_err();

@@ -88,11 +88,7 @@ impl Policy {
         if claims.iss.as_deref() != Some(self.issuer.as_str()) {
             return Err(VerifyError::BadIssuer);
         }
-        if !claims
-            .aud
-            .as_ref()
-            .is_some_and(|aud| aud.contains_any(&self.audiences))
-        {
+        if !claims.aud.as_ref().is_some_and(|aud| aud.contains_any(&self.audiences)) {
             return Err(VerifyError::BadAudience);
         }
         if claims.type_.as_deref().is_some_and(|t| t != "app") {
@@ -119,9 +115,7 @@ pub fn valid_team_domain(domain: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -132,11 +126,7 @@ mod tests {
     const NOW: i64 = 1_700_000_000;
 
     fn policy() -> Policy {
-        Policy::new(
-            "https://team.cloudflareaccess.com/",
-            vec!["aud1".into(), "aud2".into()],
-            60,
-        )
+        Policy::new("https://team.cloudflareaccess.com/", vec!["aud1".into(), "aud2".into()], 60)
     }
 
     fn claims(json: &str) -> Claims {
@@ -164,19 +154,9 @@ mod tests {
 
     #[test]
     fn time_claims_with_leeway() {
-        assert_eq!(
-            check(|v| v["exp"] = (NOW - 1).into()),
-            Ok(()),
-            "within leeway"
-        );
-        assert_eq!(
-            check(|v| v["exp"] = (NOW - 60).into()),
-            Err(VerifyError::Expired)
-        );
-        assert_eq!(
-            check(|v| v["exp"] = (NOW - 3600).into()),
-            Err(VerifyError::Expired)
-        );
+        assert_eq!(check(|v| v["exp"] = (NOW - 1).into()), Ok(()), "within leeway");
+        assert_eq!(check(|v| v["exp"] = (NOW - 60).into()), Err(VerifyError::Expired));
+        assert_eq!(check(|v| v["exp"] = (NOW - 3600).into()), Err(VerifyError::Expired));
         assert_eq!(
             check(|v| {
                 v.as_object_mut().unwrap().remove("exp");
@@ -184,14 +164,8 @@ mod tests {
             Err(VerifyError::Malformed("no exp claim"))
         );
         assert_eq!(check(|v| v["nbf"] = (NOW + 60).into()), Ok(()));
-        assert_eq!(
-            check(|v| v["nbf"] = (NOW + 61).into()),
-            Err(VerifyError::NotYetValid("nbf"))
-        );
-        assert_eq!(
-            check(|v| v["iat"] = (NOW + 61).into()),
-            Err(VerifyError::NotYetValid("iat"))
-        );
+        assert_eq!(check(|v| v["nbf"] = (NOW + 61).into()), Err(VerifyError::NotYetValid("nbf")));
+        assert_eq!(check(|v| v["iat"] = (NOW + 61).into()), Err(VerifyError::NotYetValid("iat")));
         assert_eq!(
             check(|v| {
                 v.as_object_mut().unwrap().remove("nbf");
@@ -207,10 +181,7 @@ mod tests {
         p.leeway = 0;
         let mut v = good();
         v["exp"] = NOW.into();
-        assert_eq!(
-            p.check(&serde_json::from_value(v).unwrap(), NOW),
-            Err(VerifyError::Expired)
-        );
+        assert_eq!(p.check(&serde_json::from_value(v).unwrap(), NOW), Err(VerifyError::Expired));
     }
 
     #[test]
@@ -223,33 +194,17 @@ mod tests {
             check(|v| v["iss"] = "https://team.cloudflareaccess.com/".into()),
             Err(VerifyError::BadIssuer)
         );
-        assert_eq!(
-            check(|v| v["aud"] = "aud2".into()),
-            Ok(()),
-            "aud as a string"
-        );
-        assert_eq!(
-            check(|v| v["aud"] = serde_json::json!(["x", "aud2"])),
-            Ok(())
-        );
-        assert_eq!(
-            check(|v| v["aud"] = serde_json::json!(["x"])),
-            Err(VerifyError::BadAudience)
-        );
-        assert_eq!(
-            check(|v| v["aud"] = serde_json::json!([])),
-            Err(VerifyError::BadAudience)
-        );
+        assert_eq!(check(|v| v["aud"] = "aud2".into()), Ok(()), "aud as a string");
+        assert_eq!(check(|v| v["aud"] = serde_json::json!(["x", "aud2"])), Ok(()));
+        assert_eq!(check(|v| v["aud"] = serde_json::json!(["x"])), Err(VerifyError::BadAudience));
+        assert_eq!(check(|v| v["aud"] = serde_json::json!([])), Err(VerifyError::BadAudience));
         assert_eq!(
             check(|v| {
                 v.as_object_mut().unwrap().remove("aud");
             }),
             Err(VerifyError::BadAudience)
         );
-        assert_eq!(
-            check(|v| v["type"] = "org".into()),
-            Err(VerifyError::NotAppToken)
-        );
+        assert_eq!(check(|v| v["type"] = "org".into()), Err(VerifyError::NotAppToken));
         assert_eq!(
             check(|v| {
                 v.as_object_mut().unwrap().remove("type");
@@ -275,22 +230,11 @@ mod tests {
             normalize_team_domain("https://t.cloudflareaccess.com/"),
             "t.cloudflareaccess.com"
         );
-        assert_eq!(
-            normalize_team_domain("t.cloudflareaccess.com"),
-            "t.cloudflareaccess.com"
-        );
+        assert_eq!(normalize_team_domain("t.cloudflareaccess.com"), "t.cloudflareaccess.com");
         assert!(valid_team_domain("t.cloudflareaccess.com"));
         assert!(valid_team_domain("t.fed.cloudflareaccess.com"));
-        for bad in [
-            "",
-            "t",
-            "t..com",
-            "-t.com",
-            "t/x.com",
-            "http://t.com",
-            "t.com:443",
-            "t com.x",
-        ] {
+        for bad in ["", "t", "t..com", "-t.com", "t/x.com", "http://t.com", "t.com:443", "t com.x"]
+        {
             assert!(!valid_team_domain(bad), "{bad}");
         }
     }

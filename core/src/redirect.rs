@@ -54,20 +54,10 @@ mod tests {
             ("https://other.example/certs", "https://other.example/certs"),
             ("//cdn.example/k", "https://cdn.example/k"),
             ("/v2/certs", "https://team.cloudflareaccess.com/v2/certs"),
-            (
-                "keys",
-                "https://team.cloudflareaccess.com/cdn-cgi/access/keys",
-            ),
-            (
-                "?x=1",
-                "https://team.cloudflareaccess.com/cdn-cgi/access/?x=1",
-            ),
+            ("keys", "https://team.cloudflareaccess.com/cdn-cgi/access/keys"),
+            ("?x=1", "https://team.cloudflareaccess.com/cdn-cgi/access/?x=1"),
         ] {
-            assert_eq!(
-                target(BASE, location).as_deref(),
-                Ok(expected),
-                "{location}"
-            );
+            assert_eq!(target(BASE, location).as_deref(), Ok(expected), "{location}");
         }
         assert_eq!(
             target("http://127.0.0.1:8080/a", "https://127.0.0.1:8443/b").as_deref(),
@@ -85,18 +75,8 @@ mod tests {
             target(BASE, "http://team.cloudflareaccess.com/certs"),
             Err(RedirectError::Downgrade)
         );
-        assert_eq!(
-            target(BASE, "HTTP://evil/certs"),
-            Err(RedirectError::Downgrade)
-        );
-        for bad in [
-            "file:///etc/passwd",
-            "ftp://x/y",
-            "data:,{}",
-            "",
-            "/a b",
-            "/a\r\nX: y",
-        ] {
+        assert_eq!(target(BASE, "HTTP://evil/certs"), Err(RedirectError::Downgrade));
+        for bad in ["file:///etc/passwd", "ftp://x/y", "data:,{}", "", "/a b", "/a\r\nX: y"] {
             assert_eq!(target(BASE, bad), Err(RedirectError::Invalid), "{bad:?}");
         }
         assert_eq!(target("not a url", "/x"), Err(RedirectError::Invalid));

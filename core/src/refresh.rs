@@ -136,15 +136,10 @@ pub fn decide(
         return Step::Adopt;
     }
     if !me.may_fetch {
-        return Step::Wait {
-            until: now.saturating_add(ms(POLL)),
-        };
+        return Step::Wait { until: now.saturating_add(ms(POLL)) };
     }
     let me = me.pid;
-    if local
-        .wish
-        .is_some_and(|w| s.last_attempt >= w && s.last_attempt != 0)
-    {
+    if local.wish.is_some_and(|w| s.last_attempt >= w && s.last_attempt != 0) {
         // A fetch that started after the wish was made (or is being made) answers it.
         local.wish = None;
     }
@@ -163,9 +158,7 @@ pub fn decide(
         let lease_free =
             s.lease_pid == 0 || s.lease_until <= now || (s.lease_pid != me && !alive(s.lease_pid));
         if !lease_free {
-            return Step::Wait {
-                until: s.lease_until.min(now.saturating_add(ms(POLL))),
-            };
+            return Step::Wait { until: s.lease_until.min(now.saturating_add(ms(POLL))) };
         }
         s.lease_pid = me;
         s.lease_until = now.saturating_add(ms(LEASE));
@@ -175,10 +168,7 @@ pub fn decide(
         }
         // This fetch answers this process's wish (and any other made before now).
         local.wish = None;
-        return Step::Fetch {
-            started: now,
-            forced,
-        };
+        return Step::Fetch { started: now, forced };
     }
     let mut until = due.min(now.saturating_add(ms(POLL)));
     if local.wish.is_some() {
@@ -290,10 +280,7 @@ mod tests {
     const T0: u64 = 1_000_000;
 
     fn me(pid: u32) -> Me {
-        Me {
-            pid,
-            may_fetch: true,
-        }
+        Me { pid, may_fetch: true }
     }
 
     fn alive(_: u32) -> bool {
@@ -307,10 +294,7 @@ mod tests {
     /// A zone holding set 7, fetched at T0, next due an hour later; `local` holds it.
     /// Another process, verifying with set `seq` and wishing for nothing.
     fn holding(seq: u64) -> Local {
-        Local {
-            held: seq,
-            wish: None,
-        }
+        Local { held: seq, wish: None }
     }
 
     fn settled() -> (Shared, Local) {
@@ -339,20 +323,14 @@ mod tests {
         assert_eq!(next_delay(HOUR, 2), Duration::from_secs(10));
         assert_eq!(next_delay(HOUR, 7), Duration::from_secs(300));
         assert_eq!(next_delay(HOUR, u32::MAX), Duration::from_secs(300));
-        assert_eq!(
-            next_delay(Duration::from_secs(2), 3),
-            Duration::from_secs(2)
-        );
+        assert_eq!(next_delay(Duration::from_secs(2), 3), Duration::from_secs(2));
     }
 
     #[test]
     fn an_empty_zone_is_fetched_at_once_by_one_process() {
         let mut s = Shared::default();
         let (mut a, mut b) = (Local::default(), Local::default());
-        assert!(matches!(
-            decide(&mut s, &mut a, T0, HOUR, me(A), alive),
-            Step::Fetch { .. }
-        ));
+        assert!(matches!(decide(&mut s, &mut a, T0, HOUR, me(A), alive), Step::Fetch { .. }));
         // B sees the lease and waits (polling), it does not fetch too.
         assert!(matches!(
             decide(&mut s, &mut b, T0 + 10, HOUR, me(B), alive),
@@ -364,10 +342,7 @@ mod tests {
     fn one_fetch_per_interval_instance_wide() {
         let (mut s, mut a) = settled();
         let mut b = Local::default();
-        assert_eq!(
-            decide(&mut s, &mut b, T0 + 5, HOUR, me(B), alive),
-            Step::Adopt
-        );
+        assert_eq!(decide(&mut s, &mut b, T0 + 5, HOUR, me(B), alive), Step::Adopt);
         b.adopted(s.seq);
         for (l, who) in [(&mut a, A), (&mut b, B)] {
             assert!(matches!(
@@ -380,19 +355,10 @@ mod tests {
             decide(&mut s, &mut b, due, HOUR, me(B), alive),
             Step::Fetch { forced: false, .. }
         ));
-        assert!(matches!(
-            decide(&mut s, &mut a, due + 1, HOUR, me(A), alive),
-            Step::Wait { .. }
-        ));
+        assert!(matches!(decide(&mut s, &mut a, due + 1, HOUR, me(A), alive), Step::Wait { .. }));
         let (store, event) = record_success(&mut s, due, false, due + 50, 2, HOUR, B);
-        assert!(
-            !store && event == Event::Quiet,
-            "same keys: nothing to store"
-        );
-        assert!(matches!(
-            decide(&mut s, &mut a, due + 60, HOUR, me(A), alive),
-            Step::Wait { .. }
-        ));
+        assert!(!store && event == Event::Quiet, "same keys: nothing to store");
+        assert!(matches!(decide(&mut s, &mut a, due + 60, HOUR, me(A), alive), Step::Wait { .. }));
         assert_eq!(s.fetches_ok, 2);
         assert_eq!(s.lease_pid, 0);
     }
@@ -402,16 +368,10 @@ mod tests {
         let mut s = Shared::default();
         let (mut a, mut b) = (Local::default(), Local::default());
         decide(&mut s, &mut a, T0, HOUR, me(A), alive);
-        assert!(matches!(
-            decide(&mut s, &mut b, T0 + 1, HOUR, me(B), dead),
-            Step::Fetch { .. }
-        ));
+        assert!(matches!(decide(&mut s, &mut b, T0 + 1, HOUR, me(B), dead), Step::Fetch { .. }));
         assert_eq!(s.lease_pid, B);
         let expired = T0 + 1 + ms(LEASE);
-        assert!(matches!(
-            decide(&mut s, &mut a, expired, HOUR, me(A), alive),
-            Step::Fetch { .. }
-        ));
+        assert!(matches!(decide(&mut s, &mut a, expired, HOUR, me(A), alive), Step::Fetch { .. }));
         assert_eq!(s.lease_pid, A);
     }
 
@@ -424,16 +384,10 @@ mod tests {
         b.wish(t + 1);
         assert_eq!(
             decide(&mut s, &mut a, t, HOUR, me(A), alive),
-            Step::Fetch {
-                started: t,
-                forced: true
-            }
+            Step::Fetch { started: t, forced: true }
         );
         // B's wish came before A's fetch ended: that fetch answers it.
-        assert!(matches!(
-            decide(&mut s, &mut b, t + 2, HOUR, me(B), alive),
-            Step::Wait { .. }
-        ));
+        assert!(matches!(decide(&mut s, &mut b, t + 2, HOUR, me(B), alive), Step::Wait { .. }));
         record_success(&mut s, t, false, t + 100, 3, HOUR, A);
         assert!(a.wish.is_none());
         // A new wish right after: rate limited until the gap since the last attempt.
@@ -455,10 +409,7 @@ mod tests {
         a.wish(T0 + 1);
         assert_eq!(
             decide(&mut s, &mut a, T0 + 1, HOUR, me(A), alive),
-            Step::Fetch {
-                started: T0 + 1,
-                forced: true
-            }
+            Step::Fetch { started: T0 + 1, forced: true }
         );
     }
 
@@ -473,15 +424,9 @@ mod tests {
         s.seq = 8;
         // B asked before it saw set 8 (its poll had not come yet).
         b.wish(t - 5);
-        assert_eq!(
-            decide(&mut s, &mut b, t + 150, HOUR, me(B), alive),
-            Step::Adopt
-        );
+        assert_eq!(decide(&mut s, &mut b, t + 150, HOUR, me(B), alive), Step::Adopt);
         b.adopted(8);
-        assert!(matches!(
-            decide(&mut s, &mut b, t + 160, HOUR, me(B), alive),
-            Step::Wait { .. }
-        ));
+        assert!(matches!(decide(&mut s, &mut b, t + 160, HOUR, me(B), alive), Step::Wait { .. }));
     }
 
     #[test]
@@ -489,10 +434,7 @@ mod tests {
         let (mut s, mut a) = settled();
         let due = T0 + 3600 * SEC;
         decide(&mut s, &mut a, due, HOUR, me(A), alive);
-        assert_eq!(
-            record_failure(&mut s, due, HOUR, A, true),
-            Event::FirstFailure
-        );
+        assert_eq!(record_failure(&mut s, due, HOUR, A, true), Event::FirstFailure);
         assert_eq!(s.next_due, due + 5 * SEC);
         let t = s.next_due;
         decide(&mut s, &mut a, t, HOUR, me(A), alive);
@@ -513,14 +455,8 @@ mod tests {
         assert_eq!(record_failure(&mut s, T0, HOUR, A, false), Event::Quiet);
         let mut w = Local::default();
         let t = s.next_due;
-        assert!(matches!(
-            decide(&mut s, &mut w, t, HOUR, me(B), alive),
-            Step::Fetch { .. }
-        ));
-        assert_eq!(
-            record_failure(&mut s, t, HOUR, B, true),
-            Event::FirstFailure
-        );
+        assert!(matches!(decide(&mut s, &mut w, t, HOUR, me(B), alive), Step::Fetch { .. }));
+        assert_eq!(record_failure(&mut s, t, HOUR, B, true), Event::FirstFailure);
         assert_eq!(s.failures, 2);
     }
 
@@ -541,26 +477,17 @@ mod tests {
         s.seq = 1;
         s.next_due = T0 + 3600 * SEC;
         assert!(!offer_saved(&mut s, 50, T0), "older than the zone's");
-        assert!(
-            !offer_saved(&mut s, 200, T0),
-            "even with a later (wall-clock) time"
-        );
+        assert!(!offer_saved(&mut s, 200, T0), "even with a later (wall-clock) time");
         assert_eq!(s.next_due, T0 + 3600 * SEC, "the schedule is left alone");
     }
 
     #[test]
     fn a_worker_of_an_old_configuration_adopts_but_never_fetches() {
         let (mut s, mut a) = settled();
-        let old = Me {
-            pid: A,
-            may_fetch: false,
-        };
+        let old = Me { pid: A, may_fetch: false };
         a.wish(T0 + 1);
         let due = T0 + 3600 * SEC;
-        assert!(matches!(
-            decide(&mut s, &mut a, due, HOUR, old, alive),
-            Step::Wait { .. }
-        ));
+        assert!(matches!(decide(&mut s, &mut a, due, HOUR, old, alive), Step::Wait { .. }));
         s.seq = 8;
         assert_eq!(decide(&mut s, &mut a, due, HOUR, old, alive), Step::Adopt);
     }
@@ -576,9 +503,7 @@ mod tests {
         record_failure(&mut s, failed, short, A, true);
         assert_eq!(
             decide(&mut s, &mut l, failed + 1, short, me(A), alive),
-            Step::Wait {
-                until: failed + SEC
-            }
+            Step::Wait { until: failed + SEC }
         );
     }
 

@@ -6,12 +6,7 @@ use std::borrow::Cow;
 /// `value` with every control character replaced by a space (borrowed when there is none).
 pub fn header_safe(value: &str) -> Cow<'_, str> {
     if value.chars().any(char::is_control) {
-        Cow::Owned(
-            value
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect(),
-        )
+        Cow::Owned(value.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
     } else {
         Cow::Borrowed(value)
     }

@@ -42,9 +42,7 @@ struct Header {
 
 /// Decodes one base64url segment (no padding, as RFC 7515 requires).
 pub fn decode_segment(segment: &str) -> Result<Vec<u8>, VerifyError> {
-    URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| VerifyError::Malformed("bad base64url"))
+    URL_SAFE_NO_PAD.decode(segment).map_err(|_| VerifyError::Malformed("bad base64url"))
 }
 
 /// Deserializes `json` only if it is a JSON object: serde's derived structs would also
@@ -93,9 +91,8 @@ pub fn parse(token: &str) -> Result<Token<'_>, VerifyError> {
     }
     let signing_input = &token[..header.len() + 1 + payload.len()];
     let header_json = decode_segment(header)?;
-    let header: Header = from_json_object(&header_json).ok_or(VerifyError::Malformed(
-        "header is not a json object with alg",
-    ))?;
+    let header: Header = from_json_object(&header_json)
+        .ok_or(VerifyError::Malformed("header is not a json object with alg"))?;
     match header.alg {
         serde_json::Value::String(ref alg) if alg == ALG => {}
         _ => return Err(VerifyError::BadAlg),
@@ -112,12 +109,7 @@ pub fn parse(token: &str) -> Result<Token<'_>, VerifyError> {
         Some(serde_json::Value::String(kid)) => Some(kid),
         Some(_) => return Err(VerifyError::Malformed("kid is not a string")),
     };
-    Ok(Token {
-        signing_input,
-        signature,
-        kid,
-        payload,
-    })
+    Ok(Token { signing_input, signature, kid, payload })
 }
 
 #[cfg(test)]
@@ -198,11 +190,7 @@ mod tests {
             format!("{}.e30.c2ln", seg(r#"{"alg":"RS256","crit":["exp"]}"#)),
             format!("{}.e30.c2ln", seg(r#"{"alg":"RS256","alg":"RS256"}"#)),
         ] {
-            assert_eq!(
-                parse(&t).unwrap_err().status(),
-                crate::Status::Malformed,
-                "{t}"
-            );
+            assert_eq!(parse(&t).unwrap_err().status(), crate::Status::Malformed, "{t}");
         }
     }
 
@@ -210,10 +198,7 @@ mod tests {
     fn empty_is_no_token_and_size_is_capped_before_parsing() {
         assert_eq!(parse("").unwrap_err(), VerifyError::NoToken);
         let huge = "a".repeat(MAX_TOKEN_LEN + 1);
-        assert_eq!(
-            parse(&huge).unwrap_err(),
-            VerifyError::TooLarge(MAX_TOKEN_LEN + 1)
-        );
+        assert_eq!(parse(&huge).unwrap_err(), VerifyError::TooLarge(MAX_TOKEN_LEN + 1));
     }
 
     #[test]

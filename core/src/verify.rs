@@ -61,8 +61,7 @@ impl Verified {
 
     /// Every claim of the payload, parsed on first use.
     pub fn claims_map(&self) -> &Map<String, Value> {
-        self.claims_map
-            .get_or_init(|| crate::claim::parse(&self.payload()))
+        self.claims_map.get_or_init(|| crate::claim::parse(&self.payload()))
     }
 }
 
@@ -130,10 +129,7 @@ mod tests {
         assert_eq!(v.identity.email, "a@example.com");
         assert_eq!(v.kid, k.kid());
         assert!(v.payload().contains("a@example.com"));
-        assert!(
-            v.claims.email.is_none(),
-            "the identity is kept once, in `identity`"
-        );
+        assert!(v.claims.email.is_none(), "the identity is kept once, in `identity`");
         assert_eq!(v.claims_map()["email"], "a@example.com");
     }
 
@@ -141,10 +137,7 @@ mod tests {
     fn order_of_checks() {
         let (k, other) = keys();
         let t = token(k, |_| {});
-        assert_eq!(
-            verify(&t, None, &policy(), NOW).unwrap_err(),
-            VerifyError::NoKeys
-        );
+        assert_eq!(verify(&t, None, &policy(), NOW).unwrap_err(), VerifyError::NoKeys);
         assert_eq!(
             verify(&t, Some(&set(&[other])), &policy(), NOW).unwrap_err(),
             VerifyError::UnknownKid
@@ -158,9 +151,7 @@ mod tests {
         );
         let signed_array = sign_raw(k, "RS256", &header, "[1,2]");
         assert_eq!(
-            verify(&signed_array, Some(&set(&[k])), &policy(), NOW)
-                .unwrap_err()
-                .status(),
+            verify(&signed_array, Some(&set(&[k])), &policy(), NOW).unwrap_err().status(),
             crate::Status::Malformed
         );
     }

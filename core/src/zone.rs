@@ -129,9 +129,7 @@ pub fn process_alive(pid: u32) -> bool {
         .ok()
         .and_then(|stat| {
             let rest = &stat[stat.rfind(')')? + 1..];
-            rest.split_whitespace()
-                .next()
-                .map(|state| state == "Z" || state == "X")
+            rest.split_whitespace().next().map(|state| state == "Z" || state == "X")
         })
         .unwrap_or(false);
     !zombie
@@ -156,9 +154,7 @@ impl Zone {
         if len < Self::SIZE || (ptr as usize) % align_of::<Layout>() != 0 {
             return None;
         }
-        Some(Zone {
-            layout: NonNull::new(ptr.cast())?,
-        })
+        Some(Zone { layout: NonNull::new(ptr.cast())? })
     }
 
     fn layout(&self) -> &Layout {
@@ -212,10 +208,7 @@ impl Zone {
 
     /// The `seq` of the set slot `index` holds (0: none, or no such slot), lock-free.
     pub fn published(&self, index: usize) -> u64 {
-        self.layout()
-            .slots
-            .get(index)
-            .map_or(0, |s| s.published.load(Ordering::Acquire))
+        self.layout().slots.get(index).map_or(0, |s| s.published.load(Ordering::Acquire))
     }
 
     /// The instance-wide counters (lock-free).
@@ -235,11 +228,7 @@ impl Zone {
 
     /// Locks slot `index`, waiting at most `wait`.
     pub fn lock_within(&self, index: usize, wait: Duration) -> Result<SlotGuard<'_>, ZoneError> {
-        let slot = self
-            .layout()
-            .slots
-            .get(index)
-            .ok_or(ZoneError::TooManyUrls)?;
+        let slot = self.layout().slots.get(index).ok_or(ZoneError::TooManyUrls)?;
         let until = realtime_after(wait);
         // SAFETY: the mutex was initialized by `init` (process-shared, robust) and lives in
         // the zone for as long as `self` may be used.
@@ -294,9 +283,7 @@ impl Zone {
                 continue;
             }
             let free = owners.iter().position(Option::is_none).or_else(|| {
-                owners
-                    .iter()
-                    .position(|o| o.as_deref().is_some_and(|o| !urls.contains(&o)))
+                owners.iter().position(|o| o.as_deref().is_some_and(|o| !urls.contains(&o)))
             });
             let i = free.ok_or(ZoneError::TooManyUrls)?;
             let mut guard = self.lock(i)?;
@@ -340,10 +327,7 @@ unsafe fn init_mutex(m: *mut libc::pthread_mutex_t) {
 
 /// CLOCK_REALTIME `wait` from now, as pthread_mutex_timedlock wants it.
 fn realtime_after(wait: Duration) -> libc::timespec {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
     let nanos = now.tv_nsec as u64 + u64::from(wait.subsec_nanos());
@@ -478,10 +462,7 @@ mod tests {
         z.lock(i).unwrap().set_body(b"{}", 0, seq).unwrap();
         assert!(!z.init(0), "a reload keeps the zone");
         let g = z.lock(i).unwrap();
-        assert_eq!(
-            (g.url(), g.body(), g.state().seq),
-            ("https://a/certs", &b"{}"[..], seq)
-        );
+        assert_eq!((g.url(), g.body(), g.state().seq), ("https://a/certs", &b"{}"[..], seq));
         assert_eq!(z.published(i), seq, "readable without the lock");
         assert_eq!(z.published(MAX_URLS), 0);
     }
@@ -491,9 +472,7 @@ mod tests {
         let mut m = Memory::new();
         let z = m.zone();
         z.init(0);
-        let urls: Vec<String> = (0..MAX_URLS)
-            .map(|i| format!("https://t{i}/certs"))
-            .collect();
+        let urls: Vec<String> = (0..MAX_URLS).map(|i| format!("https://t{i}/certs")).collect();
         let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
         let first = z.assign(&refs).unwrap();
         assert_eq!(first, (0..MAX_URLS).collect::<Vec<_>>());
@@ -503,9 +482,7 @@ mod tests {
         let again = z.assign(&rev).unwrap();
         assert_eq!(again[0], MAX_URLS - 1);
         // A new URL when all are taken reclaims one no longer configured.
-        let i = z
-            .assign(&["https://t3/certs", "https://new/certs"])
-            .unwrap();
+        let i = z.assign(&["https://t3/certs", "https://new/certs"]).unwrap();
         assert_eq!(i[0], 3);
         assert_ne!(i[1], 3);
         let g = z.lock(i[1]).unwrap();
@@ -514,10 +491,7 @@ mod tests {
         let too_many: Vec<String> = (0..=MAX_URLS).map(|i| format!("u{i}")).collect();
         let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
         assert_eq!(z.assign(&refs), Err(ZoneError::TooManyUrls));
-        assert_eq!(
-            z.assign(&[&"x".repeat(URL_CAP + 1)]),
-            Err(ZoneError::UrlTooLong)
-        );
+        assert_eq!(z.assign(&[&"x".repeat(URL_CAP + 1)]), Err(ZoneError::UrlTooLong));
     }
 
     #[test]
@@ -577,11 +551,7 @@ mod tests {
             });
         });
         let g = z.lock_within(i, Duration::from_millis(500)).unwrap();
-        assert_eq!(
-            (g.state().seq, g.body()),
-            (0, &b""[..]),
-            "a torn body is forgotten"
-        );
+        assert_eq!((g.state().seq, g.body()), (0, &b""[..]), "a torn body is forgotten");
         assert_eq!(g.url(), "https://t/certs");
         drop(g);
         // A holder that dies after a complete copy leaves the slot as it was.

@@ -4,6 +4,9 @@
 //! (`fixtures/rsa2048.pem`, its public half in `fixtures/certs.json`, shared with the fuzz
 //! targets), so no property depends on a forged or absent signature to be refused.
 
+// Strategies and properties are test code outside #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -43,11 +46,7 @@ static UNRELATED_KEYS: LazyLock<KeySet> = LazyLock::new(|| {
 });
 
 fn policy() -> Policy {
-    Policy::new(
-        "team.cloudflareaccess.com",
-        vec!["aud1".into(), "aud2".into()],
-        LEEWAY,
-    )
+    Policy::new("team.cloudflareaccess.com", vec!["aud1".into(), "aud2".into()], LEEWAY)
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -63,9 +62,7 @@ fn sign_raw(header: &str, payload: &str) -> String {
 /// What [`cf_access_core::Identity`] makes of a claim: control characters become spaces.
 fn header_safe(claim: &Option<String>) -> String {
     let v = claim.as_deref().unwrap_or_default();
-    v.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    v.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 fn good_header() -> String {
@@ -82,10 +79,8 @@ fn good_claims() -> Value {
 
 /// A JSON object's text from (key, value) pairs, duplicates kept.
 fn object_text(pairs: &[(String, Value)]) -> String {
-    let fields: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), v))
-        .collect();
+    let fields: Vec<String> =
+        pairs.iter().map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), v)).collect();
     format!("{{{}}}", fields.join(","))
 }
 
@@ -183,11 +178,7 @@ fn arb_claims() -> impl Strategy<Value = Vec<(String, Value)>> {
         ]),
         aud,
         text(&["app", "app", "app", "app", "app", "org", ""]),
-        (
-            text(&["a@b.c", ""]),
-            text(&["sub-1"]),
-            text(&["client.access"]),
-        ),
+        (text(&["a@b.c", ""]), text(&["sub-1"]), text(&["client.access"])),
         vec((extra_key, arb_json()), 0..3),
     );
     let present = vec(prop::bool::weighted(0.95), 8);

@@ -61,18 +61,9 @@ pub const DEFAULT_TTL: i64 = 3600;
 pub enum Command {
     Help,
     Version,
-    Keygen {
-        out: String,
-        force: bool,
-    },
-    Jwks {
-        keys: Vec<String>,
-    },
-    Serve {
-        listen: String,
-        keys: Vec<String>,
-        allow_non_loopback: bool,
-    },
+    Keygen { out: String, force: bool },
+    Jwks { keys: Vec<String> },
+    Serve { listen: String, keys: Vec<String>, allow_non_loopback: bool },
     Mint(Mint),
 }
 
@@ -166,9 +157,7 @@ fn no_value(name: &str, inline: Option<&str>) -> Result<(), UsageError> {
 }
 
 fn int(name: &str, v: &str) -> Result<i64, UsageError> {
-    v.trim()
-        .parse()
-        .map_err(|_| UsageError(format!("{name}: not an integer: {v:?}")))
+    v.trim().parse().map_err(|_| UsageError(format!("{name}: not an integer: {v:?}")))
 }
 
 fn once(slot: &mut Option<String>, name: &str, v: &str) -> Result<(), UsageError> {
@@ -315,31 +304,15 @@ fn parse_mint(o: &mut Opts<'_>) -> Result<Mint, UsageError> {
             if first.checked_add(count).is_none() {
                 return err("mint: --first + --count is too large");
             }
-            let threads = threads
-                .map(|t| positive("--threads", &t).map(|t| t as usize))
-                .transpose()?;
-            Some(Batch {
-                count,
-                first,
-                threads,
-            })
+            let threads =
+                threads.map(|t| positive("--threads", &t).map(|t| t as usize)).transpose()?;
+            Some(Batch { count, first, threads })
         }
     };
     if out.as_deref() == Some("") {
         return err("mint: --out is empty");
     }
-    Ok(Mint {
-        key,
-        team,
-        aud,
-        identity,
-        ttl,
-        nbf_offset,
-        claims,
-        remove,
-        batch,
-        out,
-    })
+    Ok(Mint { key, team, aud, identity, ttl, nbf_offset, claims, remove, batch, out })
 }
 
 fn positive(name: &str, v: &str) -> Result<u64, UsageError> {
@@ -424,23 +397,15 @@ mod tests {
     fn keygen_jwks_serve() {
         assert_eq!(
             p("keygen --out k.pem"),
-            Ok(Command::Keygen {
-                out: "k.pem".into(),
-                force: false
-            })
+            Ok(Command::Keygen { out: "k.pem".into(), force: false })
         );
         assert_eq!(
             p("keygen --out=k.pem --force"),
-            Ok(Command::Keygen {
-                out: "k.pem".into(),
-                force: true
-            })
+            Ok(Command::Keygen { out: "k.pem".into(), force: true })
         );
         assert_eq!(
             p("jwks --key a --key=b"),
-            Ok(Command::Jwks {
-                keys: vec!["a".into(), "b".into()]
-            })
+            Ok(Command::Jwks { keys: vec!["a".into(), "b".into()] })
         );
         assert_eq!(
             p("serve --key a"),
@@ -470,11 +435,11 @@ mod tests {
         assert_eq!(m.ttl, 3600);
         assert_eq!(m.nbf_offset, None);
 
-        let Ok(Command::Mint(m)) = p(
-            "mint --key k --team t --aud A --aud B --service id.access --ttl -5 \
+        let Ok(Command::Mint(m)) =
+            p("mint --key k --team t --aud A --aud B --service id.access --ttl -5 \
              --nbf-offset 30 --claim country=\"FR\" --claim exp=7 --claim x={\"a\":1} \
-             --claim plain=hello --no-claim identity_nonce",
-        ) else {
+             --claim plain=hello --no-claim identity_nonce")
+        else {
             panic!()
         };
         assert_eq!(m.identity, Identity::Service("id.access".into()));
@@ -511,22 +476,13 @@ mod tests {
 
     #[test]
     fn mint_batch_parsing() {
-        let Ok(Command::Mint(m)) = p("mint --key k --team t --aud A") else {
-            panic!()
-        };
+        let Ok(Command::Mint(m)) = p("mint --key k --team t --aud A") else { panic!() };
         assert_eq!((m.batch, m.out), (None, None));
 
         let Ok(Command::Mint(m)) = p("mint --key k --team t --aud A --count 5 --out=t.txt") else {
             panic!()
         };
-        assert_eq!(
-            m.batch,
-            Some(Batch {
-                count: 5,
-                first: 1,
-                threads: None
-            })
-        );
+        assert_eq!(m.batch, Some(Batch { count: 5, first: 1, threads: None }));
         assert_eq!(m.out.as_deref(), Some("t.txt"));
 
         let Ok(Command::Mint(m)) =
@@ -534,18 +490,8 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(
-            m.batch,
-            Some(Batch {
-                count: 2,
-                first: 1001,
-                threads: Some(3)
-            })
-        );
-        assert_eq!(
-            mint_claims_nth(&m, 1000, 1001)["email"],
-            "user+1001@example.com"
-        );
+        assert_eq!(m.batch, Some(Batch { count: 2, first: 1001, threads: Some(3) }));
+        assert_eq!(mint_claims_nth(&m, 1000, 1001)["email"], "user+1001@example.com");
         // Service tokens have no email to number.
         let Ok(Command::Mint(m)) = p("mint --key k --team t --aud A --service s --count 2") else {
             panic!()
@@ -572,10 +518,7 @@ mod tests {
             "--count 2 --first 18446744073709551615",
             "--out=",
         ] {
-            assert!(
-                p(&format!("mint --key k --team t --aud A {bad}")).is_err(),
-                "{bad}"
-            );
+            assert!(p(&format!("mint --key k --team t --aud A {bad}")).is_err(), "{bad}");
         }
     }
 

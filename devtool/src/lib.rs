@@ -75,21 +75,11 @@ impl KeyPair {
 
     fn from_inner(inner: aws_lc_rs::rsa::KeyPair) -> KeyPair {
         let public = inner.public_key();
-        let spki_der = public
-            .as_der()
-            .expect("encode RSA public key")
-            .as_ref()
-            .to_vec();
+        let spki_der = public.as_der().expect("encode RSA public key").as_ref().to_vec();
         let n = public.modulus().big_endian_without_leading_zero().to_vec();
         let e = public.exponent().big_endian_without_leading_zero().to_vec();
         let kid = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &spki_der).as_ref());
-        KeyPair {
-            inner,
-            spki_der,
-            kid,
-            n,
-            e,
-        }
+        KeyPair { inner, spki_der, kid, n, e }
     }
 
     /// The private key as PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
@@ -149,12 +139,7 @@ impl KeyPair {
         };
         let mut out = vec![0u8; self.inner.public_modulus_len()];
         self.inner
-            .sign(
-                padding,
-                &aws_lc_rs::rand::SystemRandom::new(),
-                msg,
-                &mut out,
-            )
+            .sign(padding, &aws_lc_rs::rand::SystemRandom::new(), msg, &mut out)
             .expect("RSA signing failed");
         out
     }
@@ -191,11 +176,7 @@ pub fn certs_json(keys: &[&KeyPair]) -> String {
         Some(c) => format!(r#","public_cert":{c}"#),
         None => String::new(),
     };
-    format!(
-        r#"{{"keys":[{}]{public_cert},"public_certs":[{}]}}"#,
-        jwks.join(","),
-        certs.join(",")
-    )
+    format!(r#"{{"keys":[{}]{public_cert},"public_certs":[{}]}}"#, jwks.join(","), certs.join(","))
 }
 
 /// base64url without padding.
@@ -207,11 +188,7 @@ pub fn b64(bytes: &[u8]) -> String {
 /// verbatim (so tests can craft duplicate keys, odd whitespace, ...), the
 /// signature is made with `alg` (see [`KeyPair::sign`]) whatever the header says.
 pub fn sign_raw(key: &KeyPair, alg: &str, header_json: &str, payload_json: &str) -> String {
-    let signing_input = format!(
-        "{}.{}",
-        b64(header_json.as_bytes()),
-        b64(payload_json.as_bytes())
-    );
+    let signing_input = format!("{}.{}", b64(header_json.as_bytes()), b64(payload_json.as_bytes()));
     let sig = key.sign(alg, signing_input.as_bytes());
     format!("{signing_input}.{}", b64(&sig))
 }
@@ -219,11 +196,7 @@ pub fn sign_raw(key: &KeyPair, alg: &str, header_json: &str, payload_json: &str)
 /// An HS256 token keyed with `secret` (for the RS256/HS256 key-confusion
 /// attack test: use `key.public_key_der()` or the PEM bytes as the secret).
 pub fn sign_hs256(secret: &[u8], header_json: &str, payload_json: &str) -> String {
-    let signing_input = format!(
-        "{}.{}",
-        b64(header_json.as_bytes()),
-        b64(payload_json.as_bytes())
-    );
+    let signing_input = format!("{}.{}", b64(header_json.as_bytes()), b64(payload_json.as_bytes()));
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
     let tag = aws_lc_rs::hmac::sign(&key, signing_input.as_bytes());
     format!("{signing_input}.{}", b64(tag.as_ref()))
@@ -239,10 +212,7 @@ pub fn mint(key: &KeyPair, claims: &Value) -> String {
 /// (a leading `https://` or `http://` and trailing `/`s are stripped).
 pub fn normalize_team_domain(team_domain: &str) -> String {
     let t = team_domain.trim();
-    let t = t
-        .strip_prefix("https://")
-        .or_else(|| t.strip_prefix("http://"))
-        .unwrap_or(t);
+    let t = t.strip_prefix("https://").or_else(|| t.strip_prefix("http://")).unwrap_or(t);
     t.trim_end_matches('/').to_string()
 }
 
@@ -316,14 +286,7 @@ fn random_uuid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -354,17 +317,9 @@ fn pem_decode(pem: &str, label: &str) -> Result<Option<Vec<u8>>, String> {
         return Ok(None);
     };
     let body = &pem[start + begin.len()..];
-    let stop = body
-        .find(&end)
-        .ok_or_else(|| format!("missing \"{end}\""))?;
-    let b: String = body[..stop]
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    STANDARD
-        .decode(b)
-        .map(Some)
-        .map_err(|e| format!("bad base64 in PEM: {e}"))
+    let stop = body.find(&end).ok_or_else(|| format!("missing \"{end}\""))?;
+    let b: String = body[..stop].chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    STANDARD.decode(b).map(Some).map_err(|e| format!("bad base64 in PEM: {e}"))
 }
 
 #[cfg(test)]
@@ -390,10 +345,7 @@ mod tests {
     fn kid_is_sha256_hex() {
         let k = &keys()[0];
         assert_eq!(k.kid().len(), 64);
-        assert!(k
-            .kid()
-            .chars()
-            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert!(k.kid().chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
         assert_ne!(keys()[0].kid(), keys()[1].kid());
     }
 
@@ -407,9 +359,7 @@ mod tests {
         assert_eq!(k.jwk(), k2.jwk());
         assert!(KeyPair::from_pkcs8_pem("nope").is_err());
         assert!(KeyPair::from_pkcs8_pem(&k.public_key_pem()).is_err());
-        assert!(k
-            .public_key_pem()
-            .starts_with("-----BEGIN PUBLIC KEY-----\n"));
+        assert!(k.public_key_pem().starts_with("-----BEGIN PUBLIC KEY-----\n"));
     }
 
     #[test]
@@ -490,11 +440,7 @@ mod tests {
         let k = &keys()[0];
         let secret = k.public_key_der();
         let claims = user_claims("t", "a", "e@x", now(), 60);
-        let token = sign_hs256(
-            &secret,
-            r#"{"alg":"HS256","typ":"JWT"}"#,
-            &claims.to_string(),
-        );
+        let token = sign_hs256(&secret, r#"{"alg":"HS256","typ":"JWT"}"#, &claims.to_string());
         let mut v = validation("a", "t");
         v.algorithms = vec![Algorithm::HS256];
         decode::<Value>(&token, &DecodingKey::from_secret(&secret), &v).unwrap();
@@ -507,10 +453,7 @@ mod tests {
         let t = sign_raw(k, "RS256", r#"{"alg":"RS256"}"#, payload);
         let parts: Vec<&str> = t.split('.').collect();
         assert_eq!(parts.len(), 3);
-        assert_eq!(
-            URL_SAFE_NO_PAD.decode(parts[1]).unwrap(),
-            payload.as_bytes()
-        );
+        assert_eq!(URL_SAFE_NO_PAD.decode(parts[1]).unwrap(), payload.as_bytes());
     }
 
     #[test]
@@ -538,12 +481,7 @@ mod tests {
     fn certs_json_shape() {
         let [a, b] = keys();
         let doc: Value = serde_json::from_str(&certs_json(&[a, b])).unwrap();
-        let top: Vec<&str> = doc
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let top: Vec<&str> = doc.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(top.len(), 3);
         assert_eq!(doc["keys"][0], a.jwk());
         assert_eq!(doc["keys"][1], b.jwk());

@@ -97,11 +97,7 @@ impl<S: Served> Listener<S> {
         let accept = thread::Builder::new()
             .name(name.into())
             .spawn(move || accept_loop(listener, s, Arc::new(serve), conn_name, max))?;
-        Ok(Listener {
-            addr,
-            shared,
-            accept: Some(accept),
-        })
+        Ok(Listener { addr, shared, accept: Some(accept) })
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
@@ -160,14 +156,12 @@ fn accept_loop<S: Served>(
             continue; // drops (closes) the stream
         }
         let (s, serve) = (shared.clone(), serve.clone());
-        let spawned = thread::Builder::new()
-            .name(conn_name.clone())
-            .spawn(move || {
-                let Some(_registered) = s.conns().register(&stream) else {
-                    return;
-                };
-                serve(stream, &s);
-            });
+        let spawned = thread::Builder::new().name(conn_name.clone()).spawn(move || {
+            let Some(_registered) = s.conns().register(&stream) else {
+                return;
+            };
+            serve(stream, &s);
+        });
         if let Ok(h) = spawned {
             workers.push(h);
         }

@@ -52,10 +52,7 @@ fn load_key(path: &str) -> Result<KeyPair, String> {
 }
 
 fn load_certs_json(paths: &[String]) -> Result<String, String> {
-    let keys = paths
-        .iter()
-        .map(|p| load_key(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys = paths.iter().map(|p| load_key(p)).collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&KeyPair> = keys.iter().collect();
     Ok(certs_json(&refs))
 }
@@ -71,11 +68,9 @@ fn run(cmd: Command) -> Result<(), Failure> {
             println!("{}", key.kid());
         }
         Command::Jwks { keys } => println!("{}", load_certs_json(&keys)?),
-        Command::Serve {
-            listen,
-            keys,
-            allow_non_loopback,
-        } => serve(&listen, keys, allow_non_loopback)?,
+        Command::Serve { listen, keys, allow_non_loopback } => {
+            serve(&listen, keys, allow_non_loopback)?
+        }
         Command::Mint(m) => {
             let key = load_key(&m.key)?;
             mint_to(&key, &m, now())?;
@@ -87,10 +82,9 @@ fn run(cmd: Command) -> Result<(), Failure> {
 /// `mint`: one token, or a `--count` batch, to `--out` or standard output.
 fn mint_to(key: &KeyPair, m: &Mint, now: i64) -> Result<(), String> {
     let (sink, name): (Box<dyn Write>, &str) = match &m.out {
-        Some(path) => (
-            Box::new(std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?),
-            path,
-        ),
+        Some(path) => {
+            (Box::new(std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?), path)
+        }
         None => (Box::new(std::io::stdout().lock()), "standard output"),
     };
     let mut out = BufWriter::with_capacity(1 << 16, sink);
@@ -98,16 +92,13 @@ fn mint_to(key: &KeyPair, m: &Mint, now: i64) -> Result<(), String> {
         None => writeln!(out, "{}", mint(key, &cli::mint_claims(m, now))),
         Some(batch) => {
             let mut progress = Progress::new(batch.count);
-            let r = mint_batch(key, m, batch, now, BATCH_CHUNK, &mut out, &mut |n| {
-                progress.update(n)
-            });
+            let r =
+                mint_batch(key, m, batch, now, BATCH_CHUNK, &mut out, &mut |n| progress.update(n));
             progress.finish();
             r
         }
     };
-    written
-        .and_then(|()| out.flush())
-        .map_err(|e| format!("writing to {name}: {e}"))
+    written.and_then(|()| out.flush()).map_err(|e| format!("writing to {name}: {e}"))
 }
 
 /// Tokens a signing thread mints at a time.
@@ -182,13 +173,7 @@ struct Progress {
 impl Progress {
     fn new(total: u64) -> Progress {
         let now = Instant::now();
-        Progress {
-            total,
-            done: 0,
-            start: now,
-            last: now,
-            printed: false,
-        }
+        Progress { total, done: 0, start: now, last: now, printed: false }
     }
 
     fn update(&mut self, done: u64) {
@@ -278,9 +263,7 @@ mod tests {
     /// A `mint --count` command line, parsed: the options and the batch.
     fn parse_batch(line: &str) -> (cli::Mint, cli::Batch) {
         let args: Vec<String> = line.split(' ').map(String::from).collect();
-        let Ok(Command::Mint(m)) = cli::parse(&args) else {
-            panic!("not a mint command: {line}")
-        };
+        let Ok(Command::Mint(m)) = cli::parse(&args) else { panic!("not a mint command: {line}") };
         let batch = m.batch.clone().expect("--count");
         (m, batch)
     }

@@ -195,12 +195,7 @@ fn handle(mut client: TcpStream, shared: &Shared) {
         return refuse(client, 400, "", "HTTP/1.x only");
     }
     if method != "CONNECT" {
-        return refuse(
-            client,
-            405,
-            "Allow: CONNECT\r\n",
-            "this proxy only supports CONNECT",
-        );
+        return refuse(client, 405, "Allow: CONNECT\r\n", "this proxy only supports CONNECT");
     }
     lock(&shared.targets).push(target.to_string());
     let addr = match parse_target(target) {
@@ -225,12 +220,7 @@ fn handle(mut client: TcpStream, shared: &Shared) {
 
     // Counted before answering, so a client that got the 200 sees it.
     shared.connects.fetch_add(1, Ordering::SeqCst);
-    if write_all(
-        &client,
-        b"HTTP/1.1 200 Connection established\r\n\r\n",
-        shared,
-    )
-    .is_err()
+    if write_all(&client, b"HTTP/1.1 200 Connection established\r\n\r\n", shared).is_err()
         || write_all(&upstream, &early, shared).is_err()
     {
         shutdown_both(&client, &upstream);
@@ -346,11 +336,7 @@ mod tests {
         assert_eq!(proxy.connects(), 1);
         assert_eq!(proxy.targets(), [target.as_str()]);
 
-        write!(
-            s,
-            "GET /cdn-cgi/access/certs HTTP/1.1\r\nHost: {target}\r\n\r\n"
-        )
-        .unwrap();
+        write!(s, "GET /cdn-cgi/access/certs HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
         let answer = read_all(&mut s);
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         assert!(answer.ends_with(&format!("\r\n\r\n{json}")), "{answer}");
@@ -361,11 +347,7 @@ mod tests {
         // `localhost` is taken as 127.0.0.1.
         let target2 = format!("localhost:{}", certs.addr().port());
         let mut s = TcpStream::connect(proxy.addr()).unwrap();
-        write!(
-            s,
-            "CONNECT {target2} HTTP/1.1\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n"
-        )
-        .unwrap();
+        write!(s, "CONNECT {target2} HTTP/1.1\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let answer = read_all(&mut s);
         assert!(answer.starts_with(ESTABLISHED), "{answer}");
         assert!(answer[ESTABLISHED.len()..].starts_with("HTTP/1.1 200 OK\r\n"));
@@ -393,10 +375,7 @@ mod tests {
             let mut s = TcpStream::connect(proxy.addr()).unwrap();
             s.write_all(req.as_bytes()).unwrap();
             let (head, _) = read_response_head(&mut s);
-            assert!(
-                head.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
-                "{head}"
-            );
+            assert!(head.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{head}");
             assert!(head.contains("\r\nAllow: CONNECT\r\n"), "{head}");
             assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
             read_all(&mut s); // then the proxy closes
@@ -425,10 +404,7 @@ mod tests {
             let t = Instant::now();
             write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
             let (head, _) = read_response_head(&mut s);
-            assert!(
-                head.starts_with(&format!("HTTP/1.1 {code} ")),
-                "{target}: {head}"
-            );
+            assert!(head.starts_with(&format!("HTTP/1.1 {code} ")), "{target}: {head}");
             assert!(t.elapsed() < Duration::from_secs(1));
         }
         assert_eq!(proxy.listener.shared().dials.load(Ordering::SeqCst), 0);
@@ -445,11 +421,7 @@ mod tests {
     #[test]
     fn unreachable_loopback_target_is_502() {
         // A port that was free a moment ago.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let proxy = ConnectProxy::start();
         let mut s = TcpStream::connect(proxy.addr()).unwrap();
         write!(s, "CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n").unwrap();
@@ -519,20 +491,10 @@ mod tests {
         {
             // A client that resets its tunnel right away.
             let mut s = TcpStream::connect(proxy.addr()).unwrap();
-            write!(
-                s,
-                "CONNECT {} HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
-                certs.addr()
-            )
-            .unwrap();
+            write!(s, "CONNECT {} HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n", certs.addr()).unwrap();
         }
         let mut s = TcpStream::connect(proxy.addr()).unwrap();
-        write!(
-            s,
-            "CONNECT {} HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
-            certs.addr()
-        )
-        .unwrap();
+        write!(s, "CONNECT {} HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n", certs.addr()).unwrap();
         let answer = read_all(&mut s);
         assert!(answer.starts_with(ESTABLISHED), "{answer}");
         assert!(answer.ends_with("\r\n\r\n{}"), "{answer}");

@@ -39,11 +39,7 @@ pub enum Behavior {
     /// `Content-Length: 0`, `Connection: close`. `location` is written
     /// verbatim (it may be relative, or even malformed on purpose).
     /// See [`Behavior::redirect`] and [`CertsServer::redirect_chain`].
-    Redirect {
-        location: String,
-        delay_ms: u64,
-        status: u16,
-    },
+    Redirect { location: String, delay_ms: u64, status: u16 },
     /// Writes `head` (a response head, maybe part of a body), then one
     /// space every `every_ms` (at least 1 ms) until the client closes the
     /// connection or the server is dropped: an answer that never ends but is
@@ -64,11 +60,7 @@ pub enum Behavior {
 impl Behavior {
     /// `Redirect { location, delay_ms: 0, status: 302 }`.
     pub fn redirect(location: impl Into<String>) -> Behavior {
-        Behavior::Redirect {
-            location: location.into(),
-            delay_ms: 0,
-            status: 302,
-        }
+        Behavior::Redirect { location: location.into(), delay_ms: 0, status: 302 }
     }
 }
 
@@ -144,12 +136,8 @@ pub struct CertsServer {
 impl CertsServer {
     /// Starts on `127.0.0.1:0`. Panics if it cannot bind.
     pub fn start(initial: Behavior) -> CertsServer {
-        Self::start_on(
-            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            Source::Fixed(initial),
-            None,
-        )
-        .expect("bind 127.0.0.1:0")
+        Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), Source::Fixed(initial), None)
+            .expect("bind 127.0.0.1:0")
     }
 
     /// Starts on `127.0.0.1:0` serving `Json(certs_json(keys))`.
@@ -228,11 +216,7 @@ impl CertsServer {
     /// Starts on `127.0.0.1:0` answering every request with
     /// `Redirect { location, delay_ms: 0, status }`.
     pub fn redirect_to(location: impl Into<String>, status: u16) -> CertsServer {
-        CertsServer::start(Behavior::Redirect {
-            location: location.into(),
-            delay_ms: 0,
-            status,
-        })
+        CertsServer::start(Behavior::Redirect { location: location.into(), delay_ms: 0, status })
     }
 
     /// A chain of `hops` redirecting servers ending at `target`:
@@ -424,11 +408,7 @@ fn handle(stream: &mut dyn Conn, shared: &Shared, deadline: Instant) -> io::Resu
             hold(stream, shared);
             return Ok(());
         }
-        Behavior::Redirect {
-            location,
-            delay_ms,
-            status,
-        } => {
+        Behavior::Redirect { location, delay_ms, status } => {
             if !sleep_unless_stopped(Duration::from_millis(delay_ms), shared) {
                 return Ok(());
             }
@@ -479,11 +459,7 @@ fn trickle(stream: &mut dyn Conn, shared: &Shared, every: Duration) {
     while !shared.stopping() {
         let now = Instant::now();
         if now >= due {
-            if stream
-                .write_all(b" ")
-                .and_then(|()| stream.flush())
-                .is_err()
-            {
+            if stream.write_all(b" ").and_then(|()| stream.flush()).is_err() {
                 return;
             }
             due += every;
@@ -542,11 +518,7 @@ mod tests {
         s.read_to_end(&mut raw)?;
         let text = String::from_utf8_lossy(&raw).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let code = head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
+        let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         if !head.contains("Content-Length: 100") {
             // Everything but the Raw test below.
             assert!(head.contains("Connection: close"), "{head}");
@@ -566,14 +538,9 @@ mod tests {
         assert_eq!(get(srv.addr(), "/anything").unwrap().0, 200);
         srv.set(Behavior::Status(503, "down".into()));
         assert_eq!(get(srv.addr(), "/").unwrap(), (503, "down".into()));
-        srv.set(Behavior::Raw(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"ke".to_vec(),
-        ));
+        srv.set(Behavior::Raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"ke".to_vec()));
         assert_eq!(get(srv.addr(), "/").unwrap(), (200, "{\"ke".into()));
-        srv.set(Behavior::Slow {
-            body: "{}".into(),
-            delay_ms: 100,
-        });
+        srv.set(Behavior::Slow { body: "{}".into(), delay_ms: 100 });
         let t = Instant::now();
         assert_eq!(get(srv.addr(), "/").unwrap(), (200, "{}".into()));
         assert!(t.elapsed() >= Duration::from_millis(100));
@@ -587,9 +554,8 @@ mod tests {
             assert_eq!(get(srv.addr(), "/").unwrap().0, 200);
         }
         let addr = srv.addr();
-        let threads: Vec<_> = (0..16)
-            .map(|_| thread::spawn(move || get(addr, "/x").unwrap().0))
-            .collect();
+        let threads: Vec<_> =
+            (0..16).map(|_| thread::spawn(move || get(addr, "/x").unwrap().0)).collect();
         for t in threads {
             assert_eq!(t.join().unwrap(), 200);
         }
@@ -635,9 +601,7 @@ mod tests {
         }
         assert_eq!(srv.hits(), 3);
         // No answer arrives.
-        clients[0]
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        clients[0].set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let mut buf = [0u8; 16];
         assert!(clients[0].read(&mut buf).is_err());
 
@@ -645,9 +609,7 @@ mod tests {
         drop(srv);
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
         // The held sockets are closed by the server.
-        clients[1]
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
+        clients[1].set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         assert!(matches!(clients[1].read(&mut buf), Ok(0) | Err(_)));
     }
 
@@ -667,10 +629,7 @@ mod tests {
 
     #[test]
     fn slow_does_not_block_drop() {
-        let srv = CertsServer::start(Behavior::Slow {
-            body: "{}".into(),
-            delay_ms: 60_000,
-        });
+        let srv = CertsServer::start(Behavior::Slow { body: "{}".into(), delay_ms: 60_000 });
         let (_s, took) = drop_while_serving(srv);
         assert!(took < Duration::from_secs(2));
     }
@@ -709,30 +668,17 @@ mod tests {
             status: 307,
         });
         let (head, body) = get_raw(srv.addr(), "/cdn-cgi/access/certs");
-        assert!(
-            head.starts_with("HTTP/1.1 307 Temporary Redirect\r\n"),
-            "{head}"
-        );
-        assert_eq!(
-            header(&head, "Location"),
-            Some("http://127.0.0.1:9/next?x=1")
-        );
+        assert!(head.starts_with("HTTP/1.1 307 Temporary Redirect\r\n"), "{head}");
+        assert_eq!(header(&head, "Location"), Some("http://127.0.0.1:9/next?x=1"));
         assert_eq!(header(&head, "Content-Length"), Some("0"));
         assert_eq!(header(&head, "Connection"), Some("close"));
         assert_eq!(body, "");
 
-        srv.set(Behavior::Redirect {
-            location: "/relative".into(),
-            delay_ms: 150,
-            status: 301,
-        });
+        srv.set(Behavior::Redirect { location: "/relative".into(), delay_ms: 150, status: 301 });
         let t = Instant::now();
         let (head, _) = get_raw(srv.addr(), "/");
         assert!(t.elapsed() >= Duration::from_millis(150));
-        assert!(
-            head.starts_with("HTTP/1.1 301 Moved Permanently\r\n"),
-            "{head}"
-        );
+        assert!(head.starts_with("HTTP/1.1 301 Moved Permanently\r\n"), "{head}");
         assert_eq!(header(&head, "Location"), Some("/relative"));
 
         srv.set(Behavior::redirect("http://127.0.0.1:9/"));
@@ -741,11 +687,7 @@ mod tests {
         assert_eq!(srv.hits(), 3);
         assert_eq!(
             Behavior::redirect("x"),
-            Behavior::Redirect {
-                location: "x".into(),
-                delay_ms: 0,
-                status: 302
-            }
+            Behavior::Redirect { location: "x".into(), delay_ms: 0, status: 302 }
         );
     }
 
@@ -809,18 +751,12 @@ mod tests {
 
     #[test]
     fn trickle_is_stopped_promptly_by_drop() {
-        let srv = CertsServer::start(Behavior::Trickle {
-            head: TRICKLE_HEAD.to_vec(),
-            every_ms: 20,
-        });
+        let srv =
+            CertsServer::start(Behavior::Trickle { head: TRICKLE_HEAD.to_vec(), every_ms: 20 });
         let t = Instant::now();
         let mut s = trickle_client(srv.addr(), 3);
         // Three spaces 20 ms apart: at least ~40 ms.
-        assert!(
-            t.elapsed() >= Duration::from_millis(40),
-            "{:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() >= Duration::from_millis(40), "{:?}", t.elapsed());
 
         let t = Instant::now();
         drop(srv);
@@ -842,19 +778,14 @@ mod tests {
 
     #[test]
     fn trickle_ends_when_the_client_closes() {
-        let srv = CertsServer::start(Behavior::Trickle {
-            head: TRICKLE_HEAD.to_vec(),
-            every_ms: 5,
-        });
+        let srv =
+            CertsServer::start(Behavior::Trickle { head: TRICKLE_HEAD.to_vec(), every_ms: 5 });
         let s = trickle_client(srv.addr(), 2);
         assert_eq!(srv.shared().conns.live(), 1);
         drop(s);
         let t = Instant::now();
         while srv.shared().conns.live() > 0 {
-            assert!(
-                t.elapsed() < Duration::from_secs(2),
-                "trickle still running"
-            );
+            assert!(t.elapsed() < Duration::from_secs(2), "trickle still running");
             thread::sleep(Duration::from_millis(5));
         }
         // Still serving.
@@ -873,8 +804,7 @@ mod tests {
         assert_eq!(got, stalled);
         assert_eq!(srv.hits(), 1);
         // Nothing more, and no close.
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
         let mut buf = [0u8; 16];
         let err = s.read(&mut buf).expect_err("the connection is held open");
         assert!(is_timeout(&err), "{err}");

@@ -63,10 +63,7 @@ impl TempDir {
                 Err(e) => panic!("TlsCertsServer: cannot create {}: {e}", path.display()),
             }
         }
-        panic!(
-            "TlsCertsServer: cannot create a temp dir under {}",
-            base.display()
-        );
+        panic!("TlsCertsServer: cannot create a temp dir under {}", base.display());
     }
 }
 
@@ -144,11 +141,7 @@ impl TlsCertsServer {
             Arc::new(move |tcp, deadline, stopping| handshake(&config, tcp, deadline, stopping));
         let server = CertsServer::start_wrapped(behavior, wrap)
             .unwrap_or_else(|e| panic!("TlsCertsServer: cannot listen on 127.0.0.1:0: {e}"));
-        TlsCertsServer {
-            server,
-            ca_pem: d.join("ca.pem"),
-            dir,
-        }
+        TlsCertsServer { server, ca_pem: d.join("ca.pem"), dir }
     }
 
     /// `https://127.0.0.1:PORT/cdn-cgi/access/certs`
@@ -257,11 +250,7 @@ impl Conn for StreamOwned<ServerConnection, TcpStream> {
 
 /// Runs `openssl args...` in `dir`; panics with its stderr if it fails.
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output();
+    let out = Command::new("openssl").args(args).current_dir(dir).stdin(Stdio::null()).output();
     match out {
         Ok(o) if o.status.success() => {}
         Ok(o) => panic!(
@@ -334,9 +323,7 @@ mod tests {
     /// A rustls client (ring provider) trusting only `srv`'s CA.
     fn tls_connect(srv: &TlsCertsServer) -> Client {
         let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_file(srv.ca_pem_path()).unwrap())
-            .unwrap();
+        roots.add(CertificateDer::from_pem_file(srv.ca_pem_path()).unwrap()).unwrap();
         let config =
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
@@ -354,8 +341,7 @@ mod tests {
     /// returns (head, body).
     fn tls_get(srv: &TlsCertsServer) -> (String, String) {
         let mut s = tls_connect(srv);
-        s.write_all(b"GET /cdn-cgi/access/certs HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            .unwrap();
+        s.write_all(b"GET /cdn-cgi/access/certs HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).unwrap();
         let text = String::from_utf8(raw).unwrap();
@@ -410,10 +396,7 @@ mod tests {
         let srv = TlsCertsServer::start(&[&a]);
         let addr = srv.addr();
         assert!(addr.ip().is_loopback());
-        assert_eq!(
-            srv.url(),
-            format!("https://127.0.0.1:{}/cdn-cgi/access/certs", addr.port())
-        );
+        assert_eq!(srv.url(), format!("https://127.0.0.1:{}/cdn-cgi/access/certs", addr.port()));
         assert!(srv.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(srv.ca_pem_path().starts_with(srv.dir()));
 
@@ -424,11 +407,7 @@ mod tests {
             .arg(srv.dir().join("server.pem"))
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 
         match served_kids(&srv) {
             None => eprintln!("curl not found: curl checks skipped"),
@@ -468,32 +447,20 @@ mod tests {
     fn behaviors_over_tls() {
         let srv = TlsCertsServer::start_with(Behavior::Status(503, "down".into()));
         let (head, body) = tls_get(&srv);
-        assert!(
-            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
-            "{head}"
-        );
+        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
         assert_eq!(body, "down");
 
-        srv.set(Behavior::Raw(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"ke".to_vec(),
-        ));
+        srv.set(Behavior::Raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"ke".to_vec()));
         let (head, body) = tls_get(&srv);
         assert_eq!(head, "HTTP/1.1 200 OK\r\nContent-Length: 100");
         assert_eq!(body, "{\"ke");
 
-        srv.set(Behavior::Slow {
-            body: "{}".into(),
-            delay_ms: 100,
-        });
+        srv.set(Behavior::Slow { body: "{}".into(), delay_ms: 100 });
         let t = Instant::now();
         assert_eq!(tls_get(&srv).1, "{}");
         assert!(t.elapsed() >= Duration::from_millis(100));
 
-        srv.set(Behavior::Redirect {
-            location: "/next".into(),
-            delay_ms: 0,
-            status: 307,
-        });
+        srv.set(Behavior::Redirect { location: "/next".into(), delay_ms: 0, status: 307 });
         let (head, body) = tls_get(&srv);
         assert!(head.starts_with("HTTP/1.1 307 "), "{head}");
         assert!(head.contains("\r\nLocation: /next\r\n"), "{head}");
@@ -502,10 +469,7 @@ mod tests {
 
         // Trickle: head, then spaces until the server is dropped.
         let trickle_head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{";
-        srv.set(Behavior::Trickle {
-            head: trickle_head.to_vec(),
-            every_ms: 10,
-        });
+        srv.set(Behavior::Trickle { head: trickle_head.to_vec(), every_ms: 10 });
         let mut s = tls_connect(&srv);
         s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
         let mut got = Vec::new();
@@ -531,10 +495,7 @@ mod tests {
         assert!(target.url().starts_with("http://127.0.0.1:"));
         let (head, _) = tls_get(&srv);
         assert!(head.starts_with("HTTP/1.1 302 Found\r\n"), "{head}");
-        assert!(
-            head.contains(&format!("\r\nLocation: {}\r\n", target.url())),
-            "{head}"
-        );
+        assert!(head.contains(&format!("\r\nLocation: {}\r\n", target.url())), "{head}");
         let ca = srv.ca_pem_path().to_str().unwrap();
         match curl(&[
             "-o",
@@ -548,10 +509,7 @@ mod tests {
             None => eprintln!("curl not found: curl checks skipped"),
             Some(out) => {
                 assert!(out.status.success(), "{out:?}");
-                assert_eq!(
-                    String::from_utf8(out.stdout).unwrap(),
-                    format!("302 {}", target.url())
-                );
+                assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("302 {}", target.url()));
                 assert_eq!(srv.hits(), 2);
             }
         }
@@ -580,9 +538,7 @@ mod tests {
         let t = Instant::now();
         drop(srv);
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-        stalled
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
+        stalled.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         assert_closed(&mut stalled);
     }
 
@@ -593,9 +549,7 @@ mod tests {
         s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
         wait_hits(&srv, 1);
         // No answer arrives.
-        s.sock
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        s.sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let mut buf = [0u8; 16];
         let err = s.read(&mut buf).unwrap_err();
         assert!(is_timeout(&err), "{err}");
@@ -620,9 +574,7 @@ mod tests {
         let t = Instant::now();
         drop(srv);
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-        s.sock
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
+        s.sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         assert_closed(&mut s);
         if let Some(mut child) = curl_child {
             let status = wait_child(&mut child, Duration::from_secs(5));

@@ -73,9 +73,7 @@ pub(crate) fn split_for_test(cert: &[u8]) -> (&[u8], &[u8]) {
             (2, b[1] as usize)
         } else {
             let n = (b[1] & 0x7f) as usize;
-            let len = b[2..2 + n]
-                .iter()
-                .fold(0usize, |a, x| (a << 8) | *x as usize);
+            let len = b[2..2 + n].iter().fold(0usize, |a, x| (a << 8) | *x as usize);
             (2 + n, len)
         }
     }

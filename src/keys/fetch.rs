@@ -68,10 +68,7 @@ impl Resolver for InlineResolver {
         config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let timeout = NextTimeout {
-            after: time::Duration::NotHappening,
-            reason: timeout.reason,
-        };
+        let timeout = NextTimeout { after: time::Duration::NotHappening, reason: timeout.reason };
         self.0.resolve(uri, config, timeout)
     }
 }
@@ -90,10 +87,7 @@ impl<In: Transport> Connector<In> for DeadlineConnector {
         _details: &ConnectionDetails,
         chained: Option<In>,
     ) -> Result<Option<Self::Out>, ureq::Error> {
-        Ok(chained.map(|inner| DeadlineTransport {
-            inner,
-            deadline: self.0,
-        }))
+        Ok(chained.map(|inner| DeadlineTransport { inner, deadline: self.0 }))
     }
 }
 
@@ -114,10 +108,7 @@ impl<T: Transport> DeadlineTransport<T> {
             time::Duration::Exact(d) if d < left => timeout.after,
             _ => time::Duration::Exact(left),
         };
-        Ok(NextTimeout {
-            after,
-            reason: timeout.reason,
-        })
+        Ok(NextTimeout { after, reason: timeout.reason })
     }
 }
 
@@ -179,10 +170,8 @@ pub fn fetch(url: &str, egress: &Egress, caller: Caller) -> Result<KeySet, Fetch
         if remaining.is_zero() {
             return Err(FetchError::Deadline);
         }
-        let mut response = agent(egress, caller, deadline)
-            .get(&url)
-            .call()
-            .map_err(transport_error)?;
+        let mut response =
+            agent(egress, caller, deadline).get(&url).call().map_err(transport_error)?;
         let status = response.status().as_u16();
         if (300..400).contains(&status) {
             let location = response
@@ -196,15 +185,13 @@ pub fn fetch(url: &str, egress: &Egress, caller: Caller) -> Result<KeySet, Fetch
         if status != 200 {
             return Err(FetchError::Status(status));
         }
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_CERTS_BODY as u64)
-            .read_to_vec()
-            .map_err(|e| match e {
-                ureq::Error::BodyExceedsLimit(_) => FetchError::TooLarge,
-                e => transport_error(e),
-            })?;
+        let body =
+            response.body_mut().with_config().limit(MAX_CERTS_BODY as u64).read_to_vec().map_err(
+                |e| match e {
+                    ureq::Error::BodyExceedsLimit(_) => FetchError::TooLarge,
+                    e => transport_error(e),
+                },
+            )?;
         return Ok(KeySet::from_certs_json(&body)?);
     }
     Err(FetchError::TooManyRedirects)
@@ -225,9 +212,7 @@ pub fn read_roots(path: &std::path::Path) -> Result<Vec<Certificate<'static>>, S
     use std::io::Read as _;
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut pem = Vec::new();
-    file.take(MAX_ROOTS_FILE + 1)
-        .read_to_end(&mut pem)
-        .map_err(|e| e.to_string())?;
+    file.take(MAX_ROOTS_FILE + 1).read_to_end(&mut pem).map_err(|e| e.to_string())?;
     if pem.len() as u64 > MAX_ROOTS_FILE {
         return Err(format!("larger than {MAX_ROOTS_FILE} bytes"));
     }

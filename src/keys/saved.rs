@@ -23,10 +23,7 @@ pub fn offer(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
         Ok(Some(saved)) => saved,
         Ok(None) => return,
         Err(e) => {
-            log.warn(&format!(
-                "cf_access: ignoring the key cache \"{}\": {e}",
-                path.display()
-            ));
+            log.warn(&format!("cf_access: ignoring the key cache \"{}\": {e}", path.display()));
             return;
         }
     };
@@ -88,10 +85,7 @@ pub fn write(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
             }
         };
         if g.url() == store.url && g.state().seq != 0 {
-            let saved = Saved {
-                fetched_at: g.state().fetched_at,
-                body: g.body().to_vec(),
-            };
+            let saved = Saved { fetched_at: g.state().fetched_at, body: g.body().to_vec() };
             sets.insert(store.url.clone(), saved);
         }
     }
@@ -100,9 +94,6 @@ pub fn write(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
     }
     let bytes = persist::encode(sets.iter().map(|(url, saved)| (url.as_str(), saved)));
     if let Err(e) = persist::store(path, &bytes) {
-        log.warn(&format!(
-            "cf_access: cannot write the key cache \"{}\": {e}",
-            path.display()
-        ));
+        log.warn(&format!("cf_access: cannot write the key cache \"{}\": {e}", path.display()));
     }
 }

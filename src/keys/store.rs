@@ -77,9 +77,7 @@ static STORES: Lazy<Mutex<HashMap<String, Arc<KeyStore>>>> = Lazy::new(Default::
 
 /// The store for `url`, created on first use.
 pub fn store_for(url: &str) -> Arc<KeyStore> {
-    let mut stores = STORES
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut stores = STORES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     stores
         .entry(url.to_string())
         .or_insert_with(|| {

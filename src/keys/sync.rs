@@ -36,22 +36,15 @@ impl Env<'_> {
 
 /// Milliseconds on the system-wide monotonic clock (the same in every process).
 pub fn mono_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1000)
-        .saturating_add(ts.tv_nsec as u64 / 1_000_000)
+    (ts.tv_sec as u64).saturating_mul(1000).saturating_add(ts.tv_nsec as u64 / 1_000_000)
 }
 
 /// Wall-clock seconds (for reporting only; scheduling uses [`mono_ms`]).
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn poll_ms() -> u64 {
@@ -112,10 +105,7 @@ pub fn round(zone: &Zone, store: &KeyStore, wish: &mut Option<u64>, env: &Env) -
             // The slot went to another URL (a newer configuration): nothing to do here.
             Ok(g) if g.url() != store.url => return now + poll_ms(),
             Ok(mut g) => {
-                let mut local = Local {
-                    held: store.seq(),
-                    wish: *wish,
-                };
+                let mut local = Local { held: store.seq(), wish: *wish };
                 let step = refresh::decide(
                     g.state_mut(),
                     &mut local,
@@ -128,8 +118,7 @@ pub fn round(zone: &Zone, store: &KeyStore, wish: &mut Option<u64>, env: &Env) -
                 step
             }
             Err(e) => {
-                env.log
-                    .warn(&format!("cf_access: keys for \"{}\": {e}", store.url));
+                env.log.warn(&format!("cf_access: keys for \"{}\": {e}", store.url));
                 return now + poll_ms();
             }
         };
@@ -193,15 +182,15 @@ fn fetch_and_record(zone: &Zone, slot: usize, store: &KeyStore, started: u64, en
                 store.publish(set, seq);
             }
             match (env.caller, event) {
-                (Caller::Master, _) => env
+                (Caller::Master, _) => {
+                    env.log.notice(&format!("cf_access: loaded {n} keys from \"{url}\""))
+                }
+                (Caller::Worker, Event::Recovered) => env
                     .log
-                    .notice(&format!("cf_access: loaded {n} keys from \"{url}\"")),
-                (Caller::Worker, Event::Recovered) => env.log.notice(&format!(
-                    "cf_access: key set from \"{url}\" loaded again ({n} keys)"
-                )),
-                (Caller::Worker, Event::Updated) => env.log.notice(&format!(
-                    "cf_access: key set from \"{url}\" updated ({n} keys)"
-                )),
+                    .notice(&format!("cf_access: key set from \"{url}\" loaded again ({n} keys)")),
+                (Caller::Worker, Event::Updated) => {
+                    env.log.notice(&format!("cf_access: key set from \"{url}\" updated ({n} keys)"))
+                }
                 _ => {}
             }
         }
@@ -212,9 +201,7 @@ fn fetch_and_record(zone: &Zone, slot: usize, store: &KeyStore, started: u64, en
             g.set_error(&text);
             drop(g);
             if env.caller == Caller::Master {
-                env.log.warn(&format!(
-                    "cf_access: fetching keys from \"{url}\" failed: {text}"
-                ));
+                env.log.warn(&format!("cf_access: fetching keys from \"{url}\" failed: {text}"));
             } else if event == Event::FirstFailure {
                 env.log.warn(&format!(
                     "cf_access: refreshing keys from \"{url}\" failed: {text}; {}",

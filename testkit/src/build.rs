@@ -14,9 +14,7 @@ use crate::Nginx;
 
 /// The file an environment variable names, if it is set and not empty.
 pub fn env_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// `Some((nginx, module))` when both files exist. Otherwise the tests of this build skip,
@@ -38,11 +36,7 @@ pub fn available(
         nginx.display(),
         module.display()
     );
-    eprintln!(
-        "skipped: no {} or {} ({how})",
-        nginx.display(),
-        module.display()
-    );
+    eprintln!("skipped: no {} or {} ({how})", nginx.display(), module.display());
     None
 }
 
@@ -59,10 +53,7 @@ pub fn use_build(nginx: &Path, module: &Path) {
 
 /// `nginx -v` of `nginx`, as its `Server` header says it: e.g. "nginx/1.22.1".
 pub fn nginx_version(nginx: &Path) -> String {
-    let out = Command::new(nginx)
-        .arg("-v")
-        .output()
-        .expect("run nginx -v");
+    let out = Command::new(nginx).arg("-v").output().expect("run nginx -v");
     let version = String::from_utf8_lossy(&out.stderr)
         .trim()
         .trim_start_matches("nginx version: ")
@@ -125,10 +116,7 @@ pub fn assert_verifies_tokens(nginx: &Nginx, key: &KeyPair, server: &str) {
     let t = now();
     let claims = user_claims(TEAM, AUD, "alice@example.com", t, 600);
     let token = mint(key, &claims);
-    for header in [
-        (HDR, token.clone()),
-        ("Cookie", format!("CF_Authorization={token}")),
-    ] {
+    for header in [(HDR, token.clone()), ("Cookie", format!("CF_Authorization={token}"))] {
         let r = nginx.get("/static/", &[(header.0, header.1.as_str())]);
         assert_eq!(r.status, 200, "{}: {}", header.0, nginx.error_log());
         assert_eq!(r.body, "protected\n");
@@ -149,16 +137,9 @@ pub fn assert_verifies_tokens(nginx: &Nginx, key: &KeyPair, server: &str) {
 
     let other = user_claims(TEAM, "another-app", "alice@example.com", t, 600);
     let r = nginx.get("/static/", &[(HDR, &mint(key, &other))]);
-    assert_eq!(
-        (r.status, r.header("X-Status")),
-        (403, Some("bad_audience"))
-    );
+    assert_eq!((r.status, r.header("X-Status")), (403, Some("bad_audience")));
 
-    assert!(
-        nginx.error_log().contains("access denied (expired)"),
-        "{}",
-        nginx.error_log()
-    );
+    assert!(nginx.error_log().contains("access denied (expired)"), "{}", nginx.error_log());
     let r = nginx.get("/healthz", &[]);
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
 }

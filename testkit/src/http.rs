@@ -18,10 +18,7 @@ pub struct Response {
 impl Response {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// All headers named `name` (case-insensitive), e.g. `Set-Cookie`.
@@ -47,12 +44,8 @@ pub fn http_request(
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream =
         TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
 
     let mut req = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
@@ -62,10 +55,7 @@ pub fn http_request(
         req.push_str(&format!("{name}: {value}\r\n"));
     }
     if let Some(body) = body {
-        if !headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        {
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length")) {
             req.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
     }
@@ -74,9 +64,7 @@ pub fn http_request(
     if let Some(body) = body {
         bytes.extend_from_slice(body);
     }
-    stream
-        .write_all(&bytes)
-        .map_err(|e| format!("write: {e}"))?;
+    stream.write_all(&bytes).map_err(|e| format!("write: {e}"))?;
     stream.flush().map_err(|e| format!("flush: {e}"))?;
 
     let deadline = Instant::now() + 2 * IO_TIMEOUT;
@@ -100,15 +88,9 @@ pub fn http_request(
 
 /// Parses a complete HTTP/1.x response (status line, headers, body).
 pub fn parse_response(raw: &[u8], head_request: bool) -> Result<Response, String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| {
-            format!(
-                "no end of headers in response: {:?}",
-                String::from_utf8_lossy(raw)
-            )
-        })?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| {
+        format!("no end of headers in response: {:?}", String::from_utf8_lossy(raw))
+    })?;
     let head = String::from_utf8_lossy(&raw[..split]);
     let rest = &raw[split + 4..];
     let mut lines = head.split("\r\n");
@@ -128,11 +110,7 @@ pub fn parse_response(raw: &[u8], head_request: bool) -> Result<Response, String
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
     }
-    let mut response = Response {
-        status,
-        headers,
-        body: String::new(),
-    };
+    let mut response = Response { status, headers, body: String::new() };
     if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
         return Ok(response);
     }
@@ -141,15 +119,11 @@ pub fn parse_response(raw: &[u8], head_request: bool) -> Result<Response, String
         .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
     let body: Vec<u8> = if chunked {
         decode_chunked(rest)?
-    } else if let Some(len) = response
-        .header("content-length")
-        .and_then(|l| l.parse::<usize>().ok())
+    } else if let Some(len) =
+        response.header("content-length").and_then(|l| l.parse::<usize>().ok())
     {
         if rest.len() < len {
-            return Err(format!(
-                "body truncated: Content-Length {len}, got {} bytes",
-                rest.len()
-            ));
+            return Err(format!("body truncated: Content-Length {len}, got {} bytes", rest.len()));
         }
         rest[..len].to_vec()
     } else {
@@ -193,11 +167,9 @@ mod tests {
         assert_eq!((r.status, r.body.as_str()), (403, "no"));
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, ""));
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\n",
-            false,
-        )
-        .unwrap();
+        let r =
+            parse_response(b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\n", false)
+                .unwrap();
         assert_eq!(r.headers_all("Set-Cookie"), ["a=1", "b=2"]);
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc", false).is_err());
         assert!(parse_response(b"SSH-2.0-x\r\n\r\n", false).is_err());

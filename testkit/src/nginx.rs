@@ -45,10 +45,7 @@ static PREFIX_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A unique, freshly created temporary prefix with `conf/`, `logs/` and `html/`.
 fn make_prefix() -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let n = PREFIX_COUNTER.fetch_add(1, Ordering::SeqCst);
     let prefix = std::env::temp_dir().join(format!(
         "cf-access-nginx-{}-{}-{}",
@@ -64,9 +61,7 @@ fn make_prefix() -> PathBuf {
 }
 
 fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
+    fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
 /// The lines of `log` with a [`CRASH_MARKERS`] entry that contain none of `allowed`, and
@@ -138,8 +133,7 @@ impl NginxBuilder {
     /// A file created as `PREFIX/html/<rel_path>` before nginx starts (parents created).
     /// Its contents are written verbatim (no placeholder substitution).
     pub fn file(mut self, rel_path: &str, contents: &str) -> Self {
-        self.files
-            .push((rel_path.to_string(), contents.to_string()));
+        self.files.push((rel_path.to_string(), contents.to_string()));
         self
     }
 
@@ -382,11 +376,7 @@ impl Nginx {
         if let Some(profile_dir) = profile_dir() {
             if let Ok(entries) = fs::read_dir(profile_dir.join("build")) {
                 for entry in entries.flatten() {
-                    if !entry
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with("nginx-sys-")
-                    {
+                    if !entry.file_name().to_string_lossy().starts_with("nginx-sys-") {
                         continue;
                     }
                     let path = entry.path().join("out/objs/nginx");
@@ -466,9 +456,7 @@ impl Nginx {
 
     /// The error log's length in bytes now: an offset for [`Nginx::log_since`].
     pub fn log_len(&self) -> usize {
-        fs::metadata(&self.error_log_path)
-            .map(|m| m.len() as usize)
-            .unwrap_or(0)
+        fs::metadata(&self.error_log_path).map(|m| m.len() as usize).unwrap_or(0)
     }
 
     /// The error log from byte `offset` (from [`Nginx::log_len`]) on.
@@ -569,10 +557,9 @@ impl Nginx {
     /// After a reload this includes old workers that are still shutting down.
     pub fn worker_pids(&self) -> Vec<u32> {
         match &self.child {
-            Some(child) => children_of(child.id())
-                .into_iter()
-                .filter(|&pid| process_alive(pid))
-                .collect(),
+            Some(child) => {
+                children_of(child.id()).into_iter().filter(|&pid| process_alive(pid)).collect()
+            }
             None => Vec::new(),
         }
     }
@@ -593,10 +580,9 @@ impl Nginx {
             }
             // The pid file is written only after the listening sockets were opened, so a
             // foreign listener on our port cannot pass for nginx.
-            let pid_written = fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-                == Some(master);
+            let pid_written =
+                fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok())
+                    == Some(master);
             if pid_written && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
             {
                 break;
@@ -638,11 +624,9 @@ impl Nginx {
                 eprintln!("nginx master {master} did not quit in time; killing it");
                 // Workers first, so that a still-responsive master reaps them.
                 kill_nginx_processes(&known);
-                poll_every(
-                    Duration::from_millis(500),
-                    Duration::from_millis(20),
-                    || !matches!(child.try_wait(), Ok(None)),
-                );
+                poll_every(Duration::from_millis(500), Duration::from_millis(20), || {
+                    !matches!(child.try_wait(), Ok(None))
+                });
                 let _ = child.kill();
             }
         }
@@ -700,10 +684,6 @@ mod tests {
         assert!(crash_lines("[error] [info] [warn]", "", &[]).is_empty());
         let panic = "thread '<unnamed>' panicked at src/lib.rs:1:1";
         assert_eq!(crash_lines("", panic, &[]).len(), 1);
-        assert_eq!(
-            crash_lines("", panic, &[panic]).len(),
-            1,
-            "a panic is never allowed"
-        );
+        assert_eq!(crash_lines("", panic, &[panic]).len(), 1, "a panic is never allowed");
     }
 }

@@ -53,10 +53,7 @@ pub fn poll_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
 /// Asks `cond` every 50 ms until it holds; panics with `what` after `timeout`.
 /// [`Nginx::wait_until`](crate::Nginx::wait_until) adds nginx's error log to the panic.
 pub fn wait_until(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
-    assert!(
-        poll_until(timeout, cond),
-        "timed out after {timeout:?} waiting for: {what}"
-    );
+    assert!(poll_until(timeout, cond), "timed out after {timeout:?} waiting for: {what}");
 }
 
 /// Sends `signal` (`libc::SIGQUIT`, `libc::SIGKILL`, ...) to the process `pid` with
@@ -93,11 +90,7 @@ pub(crate) fn children_of(ppid: u32) -> Vec<u32> {
         return pids;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         if matches!(proc_stat(pid), Some((parent, _)) if parent == ppid) {
@@ -149,11 +142,8 @@ mod tests {
 
     #[test]
     fn signals_reach_one_process_only() {
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn sleep");
+        let mut child =
+            Command::new("sleep").arg("30").stdin(Stdio::null()).spawn().expect("spawn sleep");
         let pid = child.id();
         assert!(process_alive(pid));
         assert!(children_of(std::process::id()).contains(&pid));
