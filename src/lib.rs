@@ -1,17 +1,7 @@
 //! ngx_http_cf_access_module: verifies Cloudflare Access JWTs at the origin.
 //!
-//! This file holds the module statics and nginx glue only:
-//! - `conf.rs`: the command table, set functions, merge;
-//! - `handler.rs`: the request's verdict and the rewrite/access phase handlers; `ctx.rs`:
-//!   the per-request verdict;
-//! - `variables.rs`: `$cf_access_*`; `metrics.rs`: `cf_access_metrics` and the counters;
-//! - `pitfalls.rs`: `nginx -t` warnings for what the module cannot enforce;
-//! - `zone.rs`: the shared memory zone every process of the instance agrees through;
-//! - `keys/`: this process's key sets, one bounded fetch, one refresh round, the key cache
-//!   file; `refresher.rs`: the per-worker thread running refresh rounds;
-//! - `lifecycle.rs`: the master's round at start and reload, starting and stopping the
-//!   refresher, saving the key cache file as the master exits;
-//! - `cf-access-core` (core/): token, JWKS and claims logic, free of nginx.
+//! This file holds the module statics and nginx glue only. What every other file owns is in
+//! one place, the file map in `docs/design.md`.
 
 use std::ffi::{c_char, c_void};
 use std::ptr;
@@ -29,7 +19,6 @@ use ngx::ngx_conf_log_error;
 use cf_access_core::zone::MAX_URLS;
 
 mod conf;
-mod ctx;
 mod handler;
 mod keys;
 mod lifecycle;
@@ -38,7 +27,9 @@ mod metrics;
 mod pitfalls;
 mod refresher;
 mod signals;
+mod time;
 mod variables;
+mod verdict;
 mod zone;
 
 use conf::{LocConf, MainConf};
@@ -80,7 +71,7 @@ impl HttpModule for Module {
         for (phase, handler) in [
             (ngx_http_phases_NGX_HTTP_REWRITE_PHASE, handler::rewrite_handler as HandlerFn),
             (ngx_http_phases_NGX_HTTP_ACCESS_PHASE, handler::access_handler),
-            (ngx_http_phases_NGX_HTTP_LOG_PHASE, metrics::log_handler),
+            (ngx_http_phases_NGX_HTTP_LOG_PHASE, verdict::log_handler),
         ] {
             let phase = &mut cmcf.phases[phase as usize];
             // SAFETY: the phase handler array is a valid ngx_array_t of handler pointers.

@@ -11,7 +11,6 @@ use ngx::ffi::{
     NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 use ngx::http::HttpModuleMainConf;
-use ngx::ngx_log_error;
 
 use crate::keys::sync::{self, Env};
 use crate::keys::{saved, Caller};
@@ -31,10 +30,10 @@ pub extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         return Status::NGX_OK.into();
     }
     if panic::catch_unwind(AssertUnwindSafe(|| master_round(cycle))).is_err() {
-        ngx_log_error!(
+        crate::log_error!(
             NGX_LOG_ALERT,
             cycle.log,
-            "cf_access: loading keys panicked; requests are refused until a refresh succeeds"
+            "loading keys panicked; requests are refused until a refresh succeeds"
         );
     }
     Status::NGX_OK.into()
@@ -48,7 +47,7 @@ fn master_round(cycle: &ngx_cycle_t) {
     // SAFETY: the cycle's log outlives this call, the only use of `log`.
     let log = unsafe { log::ThreadLog::new(cycle.log) };
     let Some(zone) = zone else {
-        log.alert("cf_access: the shared zone is missing; requests are refused");
+        log.alert(format_args!("the shared zone is missing; requests are refused"));
         return;
     };
     let urls: Vec<&str> = main.stores.iter().map(|s| s.url.as_str()).collect();
@@ -59,8 +58,8 @@ fn master_round(cycle: &ngx_cycle_t) {
             }
         }
         Err(e) => {
-            log.alert(&format!(
-                "cf_access: cannot give the certs urls their places in the shared zone: {e}; \
+            log.alert(format_args!(
+                "cannot give the certs urls their places in the shared zone: {e}; \
                  keys are kept as they are"
             ));
             return;
@@ -83,8 +82,8 @@ fn master_round(cycle: &ngx_cycle_t) {
         saved::write(&zone, &main.stores, path, &log);
     }
     for store in main.stores.iter().filter(|s| !s.has_keys()) {
-        log.warn(&format!(
-            "cf_access: no keys for \"{}\": requests are refused until a refresh succeeds",
+        log.warn(format_args!(
+            "no keys for \"{}\": requests are refused until a refresh succeeds",
             store.url
         ));
     }
@@ -104,7 +103,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     match panic::catch_unwind(AssertUnwindSafe(|| start_worker(cycle))) {
         Ok(status) => status.into(),
         Err(_) => {
-            ngx_log_error!(NGX_LOG_EMERG, cycle.log, "cf_access: worker start panicked");
+            crate::log_error!(NGX_LOG_EMERG, cycle.log, "worker start panicked");
             Status::NGX_ERROR.into()
         }
     }
@@ -115,11 +114,11 @@ fn start_worker(cycle: &ngx_cycle_t) -> Status {
     let Some(main) = Module::main_conf(cycle).filter(|m| !m.stores.is_empty()) else {
         return Status::NGX_OK;
     };
-    crate::handler::init_cache(main.cache_size());
+    crate::verdict::init_cache(main.cache_size());
     // SAFETY: the cycle's log lives as long as the worker process.
     let log = unsafe { log::ThreadLog::new(cycle.log) };
     let Some(zone) = zone else {
-        ngx_log_error!(NGX_LOG_EMERG, cycle.log, "cf_access: shared zone not found");
+        crate::log_error!(NGX_LOG_EMERG, cycle.log, "shared zone not found");
         return Status::NGX_ERROR;
     };
     for store in &main.stores {
@@ -137,10 +136,10 @@ fn start_worker(cycle: &ngx_cycle_t) -> Status {
     match refresher::start(settings, log) {
         Ok(()) => Status::NGX_OK,
         Err(e) => {
-            ngx_log_error!(
+            crate::log_error!(
                 NGX_LOG_EMERG,
                 cycle.log,
-                "cf_access: cannot start the key refresher thread: {}",
+                "cannot start the key refresher thread: {}",
                 e
             );
             Status::NGX_ERROR
@@ -160,7 +159,7 @@ pub extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
     // SAFETY: nginx passes the current cycle, valid until the master exits.
     let cycle = unsafe { &*cycle };
     if panic::catch_unwind(AssertUnwindSafe(|| save_on_exit(cycle))).is_err() {
-        ngx_log_error!(NGX_LOG_ALERT, cycle.log, "cf_access: saving the key cache panicked");
+        crate::log_error!(NGX_LOG_ALERT, cycle.log, "saving the key cache panicked");
     }
 }
 

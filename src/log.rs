@@ -1,6 +1,31 @@
-//! Logging from the refresher thread into the cycle's error log.
+//! The module's one way to log: every line starts with [`PREFIX`]. On the event loop,
+//! [`log_error!`](crate::log_error) and [`log_debug!`](crate::log_debug) (nginx's macros, the
+//! prefix added); from a thread of ours (and the master's rounds), a [`ThreadLog`].
 
-use ngx::ffi::{ngx_log_t, NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_LOG_WARN};
+use std::fmt;
+use std::mem::MaybeUninit;
+
+use ngx::ffi::{ngx_log_t, ngx_uint_t, NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_LOG_WARN};
+
+/// What every line the module writes to the error log starts with (the macros below spell
+/// it out: `concat!` takes literals only).
+pub const PREFIX: &str = "cf_access: ";
+
+/// `ngx_log_error!` with the module's prefix: `log_error!(NGX_LOG_INFO, r.log(), "...", ..)`.
+#[macro_export]
+macro_rules! log_error {
+    ($level:expr, $log:expr, $fmt:literal $($arg:tt)*) => {
+        ngx::ngx_log_error!($level, $log, concat!("cf_access: ", $fmt) $($arg)*)
+    };
+}
+
+/// `ngx_log_debug_http!` with the module's prefix: `log_debug!(r, "...", ..)`.
+#[macro_export]
+macro_rules! log_debug {
+    ($r:expr, $fmt:literal $($arg:tt)*) => {
+        ngx::ngx_log_debug_http!($r, concat!("cf_access: ", $fmt) $($arg)*)
+    };
+}
 
 /// The cycle's error log, for use from a thread of ours.
 ///
@@ -18,24 +43,28 @@ impl ThreadLog {
         ThreadLog(log)
     }
 
-    pub fn alert(&self, msg: &str) {
-        self.write(NGX_LOG_ALERT as _, msg);
+    pub fn alert(&self, args: fmt::Arguments<'_>) {
+        self.write(NGX_LOG_ALERT as _, args);
     }
 
-    pub fn warn(&self, msg: &str) {
-        self.write(NGX_LOG_WARN as _, msg);
+    pub fn warn(&self, args: fmt::Arguments<'_>) {
+        self.write(NGX_LOG_WARN as _, args);
     }
 
-    pub fn notice(&self, msg: &str) {
-        self.write(NGX_LOG_NOTICE as _, msg);
+    pub fn notice(&self, args: fmt::Arguments<'_>) {
+        self.write(NGX_LOG_NOTICE as _, args);
     }
 
-    fn write(&self, level: ngx::ffi::ngx_uint_t, msg: &str) {
+    /// One line, prefixed, formatted on the stack (as nginx's own macros do) and only when
+    /// the log's level wants it.
+    fn write(&self, level: ngx_uint_t, args: fmt::Arguments<'_>) {
         // SAFETY: the pointer is valid for the process lifetime (see `new`).
         let log = unsafe { &*self.0 };
         if level <= log.log_level {
+            let mut buf = [const { MaybeUninit::<u8>::uninit() }; ngx::log::LOG_BUFFER_SIZE];
+            let message = ngx::log::write_fmt(&mut buf, format_args!("{PREFIX}{args}"));
             // SAFETY: log is valid; the message is a plain byte slice.
-            unsafe { ngx::log::log_error(level, self.0, 0, msg.as_bytes()) };
+            unsafe { ngx::log::log_error(level, self.0, 0, message) };
         }
     }
 }

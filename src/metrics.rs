@@ -3,12 +3,10 @@
 //! read from the shared zone and rendered by the core (`cf_access_core::metrics`).
 
 use std::ffi::{c_char, c_void};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cf_access_core::metrics::{self, Query};
-use cf_access_core::Status;
-use ngx::core::{self, Buffer, NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::core::{Buffer, Status as NgxStatus, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_chain_t, ngx_command_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_str_t,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED,
@@ -18,48 +16,11 @@ use ngx::http::{
 };
 use ngx::ngx_string;
 
-use crate::ctx::RequestCtx;
-use crate::keys::sync::{mono_ms, unix_now};
+use crate::time::{mono_ms, unix_now};
 use crate::{zone, Module};
 
 /// How long a scrape waits for a zone slot (a refresher holds it for a copy's time).
 const LOCK_WAIT: Duration = Duration::from_millis(50);
-
-/// Counts a request's final verdict, instance-wide. Lock-free.
-pub fn count_verdict(status: Status) {
-    if let Some(zone) = zone::current() {
-        zone.counters().requests[status.index()].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts verified-token cache lookups, instance-wide. Lock-free.
-pub fn count_lookups((hits, misses): (u64, u64)) {
-    let Some(zone) = zone::current() else {
-        return;
-    };
-    let c = zone.counters();
-    if hits > 0 {
-        c.cache_hits.fetch_add(hits, Ordering::Relaxed);
-    }
-    if misses > 0 {
-        c.cache_misses.fetch_add(misses, Ordering::Relaxed);
-    }
-}
-
-/// The log phase: counts the main request's final verdict once, whatever internal redirects
-/// (an index file, `try_files`, `error_page`) made the access phase run before.
-///
-/// # Safety
-/// Called by nginx in the log phase with a valid request.
-pub unsafe extern "C" fn log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: nginx passes a valid request.
-    let r = unsafe { Request::from_ngx_http_request(r) };
-    // With `log_subrequest on` subrequests are logged too; their verdict is the main's.
-    if let Some(ctx) = RequestCtx::get(r).filter(|_| r.is_main()) {
-        count_verdict(ctx.status.get());
-    }
-    core::Status::NGX_OK.into()
-}
 
 /// `cf_access_metrics;` (location): this location answers with the metrics.
 pub extern "C" fn set_metrics(
@@ -110,7 +71,7 @@ unsafe extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
     }
     let rc = r.discard_request_body();
-    if rc != core::Status::NGX_OK {
+    if rc != NgxStatus::NGX_OK {
         return rc.into();
     }
     let Some((status, content_type, body)) = answer(r) else {
@@ -124,7 +85,7 @@ unsafe extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     out.content_type_lowcase = std::ptr::null_mut();
     r.set_content_length_n(body.len());
     let rc = r.send_header();
-    if rc == core::Status::NGX_ERROR || rc.0 > core::Status::NGX_OK.0 || r.header_only() {
+    if rc == NgxStatus::NGX_ERROR || rc.0 > NgxStatus::NGX_OK.0 || r.header_only() {
         return rc.into();
     }
     let Some(mut buf) = r.pool().create_buffer_from_str(&body) else {

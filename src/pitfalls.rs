@@ -10,7 +10,6 @@ use ngx::ffi::{
     NGX_LOG_WARN,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
-use ngx::ngx_log_error;
 
 use crate::conf::{LocConf, Mode};
 
@@ -66,10 +65,10 @@ pub fn warn_unenforced_rewrites(cf: *mut ngx_conf_t, conf: &LocConf) {
     };
     if has_codes {
         let at = conf.mode_at.as_deref().unwrap_or("the configuration");
-        ngx_log_error!(
+        crate::log_error!(
             NGX_LOG_WARN,
             cf.log,
-            "cf_access: location \"{}\" (\"cf_access on\" in {}) has \"satisfy any\" and \
+            "location \"{}\" (\"cf_access on\" in {}) has \"satisfy any\" and \
              rewrite directives: \"return\" and \"rewrite\" there answer before any access \
              check, without a token",
             clcf.name,

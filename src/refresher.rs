@@ -15,9 +15,10 @@ use std::time::Duration;
 use cf_access_core::refresh::POLL;
 use cf_access_core::zone::Zone;
 
-use crate::keys::sync::{self, mono_ms, Env};
+use crate::keys::sync::{self, Env};
 use crate::keys::{Caller, Egress, KeyStore};
 use crate::log::ThreadLog;
+use crate::time::mono_ms;
 
 struct Control {
     /// `true` once the thread must stop.
@@ -115,8 +116,8 @@ fn run(mut targets: Vec<Target>, settings: &Settings, log: &ThreadLog) {
                 sync::round(&settings.zone, &t.store, &mut t.wish, &env)
             }));
             t.next = round.unwrap_or_else(|_| {
-                log.alert(&format!(
-                    "cf_access: the key refresher panicked while refreshing \"{}\"; \
+                log.alert(format_args!(
+                    "the key refresher panicked while refreshing \"{}\"; \
                      it goes on",
                     t.store.url
                 ));

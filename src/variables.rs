@@ -17,8 +17,7 @@ use ngx::ffi::{
 };
 use ngx::http::Request;
 
-use crate::ctx::RequestCtx;
-use crate::handler;
+use crate::verdict::{self, RequestCtx};
 
 /// How a variable reads its value from a request's verdict; `name` is the full variable
 /// name (for the prefix variables).
@@ -148,8 +147,8 @@ unsafe extern "C" fn get_variable(
 /// The verdict a variable shows: decided now where `cf_access` applies, else the one the
 /// request already has.
 fn verdict(r: &Request) -> Option<&RequestCtx> {
-    match handler::verifier(r) {
-        Some(verifier) => handler::verdict(r, verifier),
+    match verdict::verifier(r) {
+        Some(verifier) => verdict::verdict(r, verifier),
         None => RequestCtx::get(r),
     }
 }

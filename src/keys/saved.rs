@@ -13,8 +13,9 @@ use cf_access_core::zone::Zone;
 use cf_access_core::KeySet;
 
 use super::store::KeyStore;
-use super::sync::{self, mono_ms};
+use super::sync;
 use crate::log::ThreadLog;
+use crate::time::mono_ms;
 
 /// Offers each store's saved set to the zone; a set newer than the zone's is stored there
 /// and adopted.
@@ -23,7 +24,7 @@ pub fn offer(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
         Ok(Some(saved)) => saved,
         Ok(None) => return,
         Err(e) => {
-            log.warn(&format!("cf_access: ignoring the key cache \"{}\": {e}", path.display()));
+            log.warn(format_args!("ignoring the key cache \"{}\": {e}", path.display()));
             return;
         }
     };
@@ -34,10 +35,7 @@ pub fn offer(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
         let set = match KeySet::from_certs_json(&entry.body) {
             Ok(set) => set,
             Err(e) => {
-                log.warn(&format!(
-                    "cf_access: ignoring the key cache's set for \"{}\": {e}",
-                    store.url
-                ));
+                log.warn(format_args!("ignoring the key cache's set for \"{}\": {e}", store.url));
                 continue;
             }
         };
@@ -45,7 +43,7 @@ pub fn offer(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
         let mut g = match zone.lock(slot) {
             Ok(g) => g,
             Err(e) => {
-                log.warn(&format!("cf_access: keys for \"{}\": {e}", store.url));
+                log.warn(format_args!("keys for \"{}\": {e}", store.url));
                 continue;
             }
         };
@@ -58,8 +56,8 @@ pub fn offer(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
             continue;
         }
         drop(g);
-        log.warn(&format!(
-            "cf_access: using {} keys for \"{}\" from the key cache \"{}\"",
+        log.warn(format_args!(
+            "using {} keys for \"{}\" from the key cache \"{}\"",
             set.len(),
             store.url,
             path.display()
@@ -77,10 +75,7 @@ pub fn write(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
             Ok(g) => g,
             Err(e) => {
                 // Writing now would drop this URL's saved set: keep the file as it is.
-                log.warn(&format!(
-                    "cf_access: not writing the key cache \"{}\": {e}",
-                    path.display()
-                ));
+                log.warn(format_args!("not writing the key cache \"{}\": {e}", path.display()));
                 return;
             }
         };
@@ -94,6 +89,6 @@ pub fn write(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
     }
     let bytes = persist::encode(sets.iter().map(|(url, saved)| (url.as_str(), saved)));
     if let Err(e) = persist::store(path, &bytes) {
-        log.warn(&format!("cf_access: cannot write the key cache \"{}\": {e}", path.display()));
+        log.warn(format_args!("cannot write the key cache \"{}\": {e}", path.display()));
     }
 }

@@ -4,7 +4,7 @@
 //! thread runs them for as long as the worker lives. The decisions are the core's
 //! (`cf_access_core::refresh`); this file does the locking, the fetching and the logging.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cf_access_core::refresh::{self, Event, Local, Me, Step, POLL};
 use cf_access_core::zone::{current_pid, process_alive, Zone, BODY_CAP};
@@ -13,6 +13,7 @@ use cf_access_core::KeySet;
 use super::fetch::{self, Caller, Egress, FetchError};
 use super::store::KeyStore;
 use crate::log::ThreadLog;
+use crate::time::{mono_ms, unix_now};
 
 /// What a round needs besides the store.
 pub struct Env<'a> {
@@ -32,19 +33,6 @@ impl Env<'_> {
             may_fetch: self.caller == Caller::Master || zone.generation() == self.generation,
         }
     }
-}
-
-/// Milliseconds on the system-wide monotonic clock (the same in every process).
-pub fn mono_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1000).saturating_add(ts.tv_nsec as u64 / 1_000_000)
-}
-
-/// Wall-clock seconds (for reporting only; scheduling uses [`mono_ms`]).
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn poll_ms() -> u64 {
@@ -67,7 +55,7 @@ pub fn adopt(zone: &Zone, store: &KeyStore, log: &ThreadLog) -> bool {
         }
         Ok(_) => return false,
         Err(e) => {
-            log.warn(&format!("cf_access: keys for \"{}\": {e}", store.url));
+            log.warn(format_args!("keys for \"{}\": {e}", store.url));
             return false;
         }
     };
@@ -77,8 +65,8 @@ pub fn adopt(zone: &Zone, store: &KeyStore, log: &ThreadLog) -> bool {
             true
         }
         Err(e) => {
-            log.alert(&format!(
-                "cf_access: the shared zone's key set for \"{}\" is unreadable: {e}; \
+            log.alert(format_args!(
+                "the shared zone's key set for \"{}\" is unreadable: {e}; \
                  fetching it again",
                 store.url
             ));
@@ -118,7 +106,7 @@ pub fn round(zone: &Zone, store: &KeyStore, wish: &mut Option<u64>, env: &Env) -
                 step
             }
             Err(e) => {
-                env.log.warn(&format!("cf_access: keys for \"{}\": {e}", store.url));
+                env.log.warn(format_args!("keys for \"{}\": {e}", store.url));
                 return now + poll_ms();
             }
         };
@@ -154,7 +142,7 @@ fn fetch_and_record(zone: &Zone, slot: usize, store: &KeyStore, started: u64, en
         Ok(g) if g.url() == *url => g,
         Ok(_) => return,
         Err(e) => {
-            env.log.warn(&format!("cf_access: keys for \"{url}\": {e}"));
+            env.log.warn(format_args!("keys for \"{url}\": {e}"));
             return;
         }
     };
@@ -183,13 +171,13 @@ fn fetch_and_record(zone: &Zone, slot: usize, store: &KeyStore, started: u64, en
             }
             match (env.caller, event) {
                 (Caller::Master, _) => {
-                    env.log.notice(&format!("cf_access: loaded {n} keys from \"{url}\""))
+                    env.log.notice(format_args!("loaded {n} keys from \"{url}\""))
                 }
-                (Caller::Worker, Event::Recovered) => env
-                    .log
-                    .notice(&format!("cf_access: key set from \"{url}\" loaded again ({n} keys)")),
+                (Caller::Worker, Event::Recovered) => {
+                    env.log.notice(format_args!("key set from \"{url}\" loaded again ({n} keys)"))
+                }
                 (Caller::Worker, Event::Updated) => {
-                    env.log.notice(&format!("cf_access: key set from \"{url}\" updated ({n} keys)"))
+                    env.log.notice(format_args!("key set from \"{url}\" updated ({n} keys)"))
                 }
                 _ => {}
             }
@@ -201,10 +189,10 @@ fn fetch_and_record(zone: &Zone, slot: usize, store: &KeyStore, started: u64, en
             g.set_error(&text);
             drop(g);
             if env.caller == Caller::Master {
-                env.log.warn(&format!("cf_access: fetching keys from \"{url}\" failed: {text}"));
+                env.log.warn(format_args!("fetching keys from \"{url}\" failed: {text}"));
             } else if event == Event::FirstFailure {
-                env.log.warn(&format!(
-                    "cf_access: refreshing keys from \"{url}\" failed: {text}; {}",
+                env.log.warn(format_args!(
+                    "refreshing keys from \"{url}\" failed: {text}; {}",
                     if store.has_keys() {
                         "keeping the last good key set"
                     } else {

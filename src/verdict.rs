@@ -1,0 +1,231 @@
+//! The per-request verdict: decided once by the core (`cf_access_core::decide`) in whichever
+//! phase first needs it, recorded on the request (with its one log line if refused, and the
+//! `cf_access_require` rules), read by every phase and variable after, and counted once in
+//! the log phase. A main request keeps its own; a subrequest checked by this module keeps its
+//! own too, and one that was not checked reads its main request's. The worker's
+//! verified-token cache lives here too.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use cf_access_core::decide::{self, Check, Decision};
+use cf_access_core::{Status, TokenCache, Verified};
+use ngx::core::Status as NgxStatus;
+use ngx::ffi::{
+    ngx_http_complex_value, ngx_http_request_t, ngx_int_t, ngx_str_t, NGX_LOG_INFO, NGX_OK,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf, Request};
+
+use crate::conf::{Mode, Verifier};
+use crate::{time, zone, Module};
+
+/// One request's verdict under one location's settings, in the request's pool.
+pub struct RequestCtx {
+    /// `not_allowed` may replace `ok` after the `cf_access_require` rules ran.
+    pub status: Cell<Status>,
+    /// The verified token (shared with the worker's cache), also for `not_allowed`.
+    pub verified: Option<Arc<Verified>>,
+    /// What the verdict was reached with.
+    pub verifier: Rc<Verifier>,
+    /// The status to deny with (403, or a `cf_access_require`'s `error=`).
+    pub deny_with: Cell<u16>,
+}
+
+impl RequestCtx {
+    /// Stores a verdict on `r` (allocated in its pool, dropped with it).
+    pub fn set(r: &Request, ctx: RequestCtx) -> Option<&RequestCtx> {
+        let p = r.pool().allocate(ctx);
+        if p.is_null() {
+            return None;
+        }
+        r.set_module_ctx(p.cast(), Module::module());
+        // SAFETY: just allocated in the request's pool, which outlives the request's use.
+        Some(unsafe { &*p })
+    }
+
+    /// The verdict `r` itself carries, if any.
+    pub fn own(r: &Request) -> Option<&RequestCtx> {
+        r.get_module_ctx::<RequestCtx>(Module::module())
+    }
+
+    /// `r`'s verdict, else (for a subrequest) its main request's.
+    pub fn get(r: &Request) -> Option<&RequestCtx> {
+        Self::own(r).or_else(|| {
+            // SAFETY: every request's `main` points at a live main request (itself, for one).
+            let main = unsafe { Request::from_ngx_http_request(r.as_ref().main) };
+            Self::own(main)
+        })
+    }
+}
+
+thread_local! {
+    /// This worker's verified-token cache (the event loop's thread only).
+    static CACHE: RefCell<TokenCache> = RefCell::new(TokenCache::new(0));
+}
+
+/// Sizes this worker's cache (`cf_access_cache_size`); called from `init_process`.
+pub fn init_cache(capacity: usize) {
+    CACHE.with_borrow_mut(|c| *c = TokenCache::new(capacity));
+}
+
+/// The verifier of `r`'s current location; `None` where `cf_access` is off.
+pub fn verifier(r: &Request) -> Option<&Rc<Verifier>> {
+    Module::location_conf(r)?.verifier.as_ref()
+}
+
+/// `r`'s verdict under `verifier`: the one already reached with the same settings, or a new
+/// one (decided, then recorded on `r`). `None` only when the pool is exhausted.
+pub fn verdict<'r>(r: &'r Request, verifier: &Rc<Verifier>) -> Option<&'r RequestCtx> {
+    if let Some(ctx) = RequestCtx::own(r).filter(|c| c.verifier.same_check(verifier)) {
+        return Some(ctx);
+    }
+    let decision = decide(r, verifier);
+    record(r, verifier, decision)
+}
+
+/// Deciding: the core's decision for `r`'s headers under `verifier`, against this process's
+/// key set and the worker's token cache (whose lookups are counted).
+fn decide(r: &Request, verifier: &Verifier) -> Decision {
+    let store = &verifier.store;
+    let snapshot = store.current();
+    // Another process stored a newer set: have this worker's refresher adopt it now rather
+    // than at its next look (this request still uses the set in hand).
+    if let (Some(zone), Some(slot)) = (crate::zone::current(), store.slot()) {
+        let published = zone.published(slot);
+        let held = snapshot.as_deref().map_or(0, |s| s.seq);
+        if published != 0 && published != held && store.want_refresh() {
+            crate::refresher::wake();
+        }
+    }
+    let check = Check {
+        policy: &verifier.policy,
+        keys: snapshot.as_deref().map(|s| &s.set),
+        now: time::request_now(),
+    };
+    let headers = r.headers_in_iterator().map(|(name, value)| (name.as_bytes(), value.as_bytes()));
+    let (decision, (hits, misses)) = CACHE.with_borrow_mut(|cache| {
+        let decision = decide::decide(headers, &check, cache);
+        (decision, cache.take_lookups())
+    });
+    count_lookups((hits, misses));
+    crate::log_debug!(
+        r,
+        "{} for \"{}\" (token cache: {} hit, {} miss)",
+        decision.status.as_str(),
+        store.url,
+        hits,
+        misses
+    );
+    if decision.wants_refresh && store.want_refresh() {
+        // Perhaps the keys were rotated: have the refresher look (rate limited there).
+        crate::refresher::wake();
+    }
+    if let Some(v) = &decision.verified {
+        crate::log_debug!(r, "token verified (kid {})", v.kid);
+    }
+    decision
+}
+
+/// Recording: `decision` stored on `r`, its one log line if refused, then the
+/// `cf_access_require` rules (which may read the `$cf_access_*` variables of this verdict).
+fn record<'r>(
+    r: &'r Request,
+    verifier: &Rc<Verifier>,
+    decision: Decision,
+) -> Option<&'r RequestCtx> {
+    let ctx = RequestCtx::set(
+        r,
+        RequestCtx {
+            status: decision.status.into(),
+            verified: decision.verified,
+            verifier: verifier.clone(),
+            deny_with: 403.into(),
+        },
+    )?;
+    match decision.error {
+        Some(e) => log_denial(r, verifier.mode, e.status(), &e.to_string()),
+        None => check_requires(r, ctx, verifier),
+    }
+    Some(ctx)
+}
+
+/// The `cf_access_require` rules, once the token verified (their values may read the
+/// `$cf_access_*` variables, which see this verdict).
+fn check_requires(r: &Request, ctx: &RequestCtx, verifier: &Verifier) {
+    let Some(requires) = &verifier.requires else {
+        return;
+    };
+    for require in requires.iter() {
+        let mut values = Vec::with_capacity(require.values.len());
+        for &cv in &require.values {
+            let mut value = ngx_str_t::default();
+            // SAFETY: `cv` was compiled at configuration time for this cycle; `r` is live.
+            let rc =
+                unsafe { ngx_http_complex_value(r.as_ref() as *const _ as *mut _, cv, &mut value) };
+            if rc != NGX_OK as ngx_int_t {
+                value = ngx_str_t::default();
+            }
+            values.push(value);
+        }
+        if decide::first_unmet(values.iter().map(|v| v.as_bytes())).is_some() {
+            ctx.status.set(Status::NotAllowed);
+            ctx.deny_with.set(require.error);
+            let why = format!("\"cf_access_require\" in {} is not met", require.at);
+            log_denial(r, verifier.mode, Status::NotAllowed, &why);
+            return;
+        }
+    }
+}
+
+/// The one line a refused request gets (`info`).
+fn log_denial(r: &Request, mode: Mode, status: Status, why: &str) {
+    let would = if mode == Mode::Report { "report: " } else { "" };
+    let verb = if mode == Mode::Report { "would be denied" } else { "denied" };
+    crate::log_error!(
+        NGX_LOG_INFO,
+        r.log(),
+        "{}access {} ({}): {}",
+        would,
+        verb,
+        status.as_str(),
+        why
+    );
+}
+
+/// Counts a request's final verdict, instance-wide. Lock-free.
+fn count_verdict(status: Status) {
+    if let Some(zone) = zone::current() {
+        zone.counters().requests[status.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts verified-token cache lookups, instance-wide. Lock-free.
+fn count_lookups((hits, misses): (u64, u64)) {
+    let Some(zone) = zone::current() else {
+        return;
+    };
+    let c = zone.counters();
+    if hits > 0 {
+        c.cache_hits.fetch_add(hits, Ordering::Relaxed);
+    }
+    if misses > 0 {
+        c.cache_misses.fetch_add(misses, Ordering::Relaxed);
+    }
+}
+
+/// The log phase: counts the main request's final verdict once, whatever internal redirects
+/// (an index file, `try_files`, `error_page`) made the access phase run before.
+///
+/// # Safety
+/// Called by nginx in the log phase with a valid request.
+pub unsafe extern "C" fn log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx passes a valid request.
+    let r = unsafe { Request::from_ngx_http_request(r) };
+    // With `log_subrequest on` subrequests are logged too; their verdict is the main's.
+    if let Some(ctx) = RequestCtx::get(r).filter(|_| r.is_main()) {
+        count_verdict(ctx.status.get());
+    }
+    NgxStatus::NGX_OK.into()
+}
