@@ -149,16 +149,23 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Whether a verdict reached with `self` holds for `other` (e.g. a server-level verdict
-    /// for a location that inherited everything).
+    /// Whether a verdict reached with `self` holds for `other` as it is (e.g. a server-level
+    /// verdict for a location that inherited everything, or the location before an internal
+    /// redirect): the same token check, rules and mode.
     pub fn same_check(&self, other: &Verifier) -> bool {
-        self.policy == other.policy
-            && Arc::ptr_eq(&self.store, &other.store)
+        self.same_token_check(other)
+            && self.mode == other.mode
             && match (&self.requires, &other.requires) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Rc::ptr_eq(a, b),
                 _ => false,
             }
+    }
+
+    /// Whether a token verified (or refused) with `self` is verified (or refused) with
+    /// `other` too: the same claims policy (team, AUDs, leeway) and the same keys.
+    pub fn same_token_check(&self, other: &Verifier) -> bool {
+        self.policy == other.policy && Arc::ptr_eq(&self.store, &other.store)
     }
 }
 

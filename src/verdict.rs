@@ -6,15 +6,18 @@
 //! verified-token cache lives here too.
 
 use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::{mem, ptr};
 
 use cf_access_core::decide::{self, Check, Decision};
-use cf_access_core::{Status, TokenCache, Verified};
+use cf_access_core::{Status, TokenCache, Verified, VerifyError};
 use ngx::core::Status as NgxStatus;
 use ngx::ffi::{
-    ngx_http_complex_value, ngx_http_request_t, ngx_int_t, ngx_str_t, NGX_LOG_INFO, NGX_OK,
+    ngx_http_complex_value, ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add, ngx_str_t,
+    NGX_LOG_INFO, NGX_OK,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, Request};
 
@@ -31,23 +34,84 @@ pub struct RequestCtx {
     pub verifier: Rc<Verifier>,
     /// The status to deny with (403, or a `cf_access_require`'s `error=`).
     pub deny_with: Cell<u16>,
+    /// Why the token itself was refused, before any `cf_access_require` rule ran.
+    refused: Option<VerifyError>,
+    /// The request the verdict belongs to: found again by it after an internal redirect,
+    /// never by a subrequest (which shares the pool).
+    owner: *const ngx_http_request_t,
 }
 
 impl RequestCtx {
-    /// Stores a verdict on `r` (allocated in its pool, dropped with it).
+    fn new(
+        r: &Request,
+        verifier: &Rc<Verifier>,
+        verified: Option<Arc<Verified>>,
+        refused: Option<VerifyError>,
+    ) -> RequestCtx {
+        let status = refused.as_ref().map_or(Status::Ok, VerifyError::status);
+        RequestCtx {
+            status: status.into(),
+            verified,
+            verifier: verifier.clone(),
+            deny_with: 403.into(),
+            refused,
+            owner: r.as_ref(),
+        }
+    }
+
+    /// Stores a verdict on `r`: in its pool, in a cleanup entry of its own (which drops it
+    /// with the pool, and by which [`RequestCtx::own`] finds it again after an internal
+    /// redirect), and as the module's context.
     pub fn set(r: &Request, ctx: RequestCtx) -> Option<&RequestCtx> {
-        let p = r.pool().allocate(ctx);
-        if p.is_null() {
+        // SAFETY: the request's pool is live; nginx returns null or an entry whose `data`
+        // points at `size` fresh bytes of the pool, aligned to NGX_ALIGNMENT.
+        let cln = unsafe { ngx_pool_cleanup_add(r.as_ref().pool, mem::size_of::<RequestCtx>()) };
+        if cln.is_null() {
             return None;
         }
+        // SAFETY: `cln` is the entry just added (its handler is still unset).
+        let cln = unsafe { &mut *cln };
+        let p = cln.data.cast::<RequestCtx>();
+        if p.is_null() || !p.is_aligned() {
+            return None;
+        }
+        // SAFETY: `p` is fresh, large enough and aligned (checked above).
+        unsafe { p.write(ctx) };
+        cln.handler = Some(drop_ctx);
         r.set_module_ctx(p.cast(), Module::module());
-        // SAFETY: just allocated in the request's pool, which outlives the request's use.
+        // SAFETY: just written; the pool outlives the request's use of it.
         Some(unsafe { &*p })
     }
 
-    /// The verdict `r` itself carries, if any.
+    /// The verdict `r` itself carries, if any. nginx clears the module contexts on an
+    /// internal redirect (index files, `try_files`, `error_page`, named locations); the
+    /// verdict is then found again among the pool's cleanup entries, as
+    /// `ngx_http_realip_module` finds its context.
     pub fn own(r: &Request) -> Option<&RequestCtx> {
-        r.get_module_ctx::<RequestCtx>(Module::module())
+        if let Some(ctx) = r.get_module_ctx::<RequestCtx>(Module::module()) {
+            return Some(ctx);
+        }
+        if r.as_ref().internal() == 0 {
+            return None;
+        }
+        let owner: *const ngx_http_request_t = r.as_ref();
+        // SAFETY: the request's pool is live; its cleanup list is nginx's, well formed.
+        let mut cln = unsafe { (*r.as_ref().pool).cleanup };
+        while !cln.is_null() {
+            // SAFETY: a live entry of the list (entries are never freed before the pool).
+            let entry = unsafe { &*cln };
+            if entry.handler.is_some_and(|h| ptr::fn_addr_eq(h, drop_ctx as CleanupFn)) {
+                // SAFETY: entries with our handler hold a RequestCtx written by `set`.
+                let ctx = unsafe { &*entry.data.cast::<RequestCtx>() };
+                // The newest entry comes first: the verdict of the last location checked.
+                if ctx.owner == owner {
+                    r.set_module_ctx(entry.data, Module::module());
+                    return Some(ctx);
+                }
+            }
+            cln = entry.next;
+        }
+        None
     }
 
     /// `r`'s verdict, else (for a subrequest) its main request's.
@@ -58,6 +122,14 @@ impl RequestCtx {
             Self::own(main)
         })
     }
+}
+
+type CleanupFn = unsafe extern "C" fn(*mut c_void);
+
+/// Drops a verdict as its request's pool is destroyed.
+unsafe extern "C" fn drop_ctx(data: *mut c_void) {
+    // SAFETY: `data` holds the RequestCtx `RequestCtx::set` wrote; nginx calls this once.
+    unsafe { ptr::drop_in_place(data.cast::<RequestCtx>()) };
 }
 
 thread_local! {
@@ -75,11 +147,21 @@ pub fn verifier(r: &Request) -> Option<&Rc<Verifier>> {
     Module::location_conf(r)?.verifier.as_ref()
 }
 
-/// `r`'s verdict under `verifier`: the one already reached with the same settings, or a new
-/// one (decided, then recorded on `r`). `None` only when the pool is exhausted.
+/// `r`'s verdict under `verifier`: the one already reached with the same settings (also in
+/// another location, before an internal redirect), the token's verdict from such a location
+/// judged by this location's own rules, or a new one (decided, then recorded on `r`). `None`
+/// only when the pool is exhausted.
 pub fn verdict<'r>(r: &'r Request, verifier: &Rc<Verifier>) -> Option<&'r RequestCtx> {
-    if let Some(ctx) = RequestCtx::own(r).filter(|c| c.verifier.same_check(verifier)) {
-        return Some(ctx);
+    if let Some(ctx) = RequestCtx::own(r) {
+        // The same location's settings (the rewrite phase's verdict in the access phase, an
+        // index file in the same location): no comparison needed.
+        if Rc::ptr_eq(&ctx.verifier, verifier) || ctx.verifier.same_check(verifier) {
+            return Some(ctx);
+        }
+        if ctx.verifier.same_token_check(verifier) {
+            crate::log_debug!(r, "verdict of the token reused after an internal redirect");
+            return rejudge(r, ctx, verifier);
+        }
     }
     let decision = decide(r, verifier);
     record(r, verifier, decision)
@@ -135,20 +217,38 @@ fn record<'r>(
     verifier: &Rc<Verifier>,
     decision: Decision,
 ) -> Option<&'r RequestCtx> {
+    let ctx = RequestCtx::set(r, RequestCtx::new(r, verifier, decision.verified, decision.error))?;
+    judge(r, ctx, verifier);
+    Some(ctx)
+}
+
+/// The token's verdict from `prev` (another location's, before an internal redirect, with
+/// the same token check), recorded for `verifier`: this location's mode and rules apply,
+/// the token is not verified again.
+fn rejudge<'r>(
+    r: &'r Request,
+    prev: &RequestCtx,
+    verifier: &Rc<Verifier>,
+) -> Option<&'r RequestCtx> {
     let ctx = RequestCtx::set(
         r,
-        RequestCtx {
-            status: decision.status.into(),
-            verified: decision.verified,
-            verifier: verifier.clone(),
-            deny_with: 403.into(),
-        },
+        RequestCtx::new(r, verifier, prev.verified.clone(), prev.refused.clone()),
     )?;
-    match decision.error {
+    if ctx.refused.is_none() || prev.verifier.mode != verifier.mode {
+        // The rules are this location's; a refusal already logged in the same mode is not
+        // logged again (one line per refused request).
+        judge(r, ctx, verifier);
+    }
+    Some(ctx)
+}
+
+/// A recorded verdict's one log line if the token was refused, else the `cf_access_require`
+/// rules.
+fn judge(r: &Request, ctx: &RequestCtx, verifier: &Verifier) {
+    match &ctx.refused {
         Some(e) => log_denial(r, verifier.mode, e.status(), &e.to_string()),
         None => check_requires(r, ctx, verifier),
     }
-    Some(ctx)
 }
 
 /// The `cf_access_require` rules, once the token verified (their values may read the
