@@ -15,7 +15,8 @@ use cf_access_testkit::Nginx;
 use serde_json::Value;
 
 /// `/on/` (a directory with an index file), `/tf/` (`try_files` into `/on/index.html`),
-/// `/missing/` (`error_page 404 = /fallback`), `/to-other/` and `/to-rules/` (`try_files`
+/// `/missing/` (`error_page 404 = /fallback`), `/named/` (`try_files` into `@named`),
+/// `/to-other/` and `/to-rules/` (`try_files`
 /// into a location with another AUD, and into one with its own `cf_access_require`), and
 /// `/denied/` (`error_page 403` into a protected page); `/metrics` open.
 fn site(certs: &CertsServer) -> Nginx {
@@ -42,6 +43,13 @@ fn site(certs: &CertsServer) -> Nginx {
         }}
         location /missing/ {{
             error_page 404 = /fallback;
+        }}
+        location /named/ {{
+            try_files $uri @named;
+        }}
+        location @named {{
+            root {{PREFIX}}/html/on;
+            try_files /index.html =404;
         }}
         location = /fallback {{ }}
         location /to-other/ {{
@@ -92,16 +100,17 @@ fn fetch(nginx: &Nginx, path: &str, token: &str) -> (u16, String, Option<String>
 }
 
 #[test]
-fn a_directory_url_try_files_and_error_page_verify_once() {
+fn a_directory_url_try_files_error_page_and_a_named_location_verify_once() {
     let key = KeyPair::generate();
     let certs = CertsServer::start_with_keys(&[&key]);
     let nginx = site(&certs);
     let t = token(&key);
-    // The file URL itself, for comparison; then the three internal redirects, twice each
+    // The file URL itself, for comparison; then the four internal redirects, twice each
     // (a miss, then cache hits: one lookup per request either way).
     for _ in 0..2 {
         for (path, body) in [
             ("/on/index.html", "index\n"),
+            ("/named/x", "index\n"),
             ("/on/", "index\n"),
             ("/tf/x", "index\n"),
             ("/missing/x", "fallback\n"),
