@@ -15,7 +15,8 @@ use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
     ngx_http_complex_value_t, ngx_int_t, ngx_parse_time, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE,
     NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_LOG_WARN,
+    NGX_OK,
 };
 use ngx::{ngx_conf_log_error, ngx_string};
 
@@ -307,6 +308,15 @@ setter!(
     /// `cf_access_certs_url <url>;`
     set_certs_url, LocConf, |d, conf| {
         let url = config::certs_url(d.arg().as_bytes()).map(String::from);
+        if url.as_deref().is_some_and(config::plaintext_remote) {
+            ngx_conf_log_error!(
+                NGX_LOG_WARN,
+                d.cf,
+                "\"cf_access_certs_url\" \"{}\" fetches the keys without TLS: anyone on the \
+                 path can replace them and mint tokens; use https (http is for loopback)",
+                d.arg()
+            );
+        }
         d.store(&mut conf.certs_url, url)
     }
 );

@@ -517,6 +517,38 @@ fn egress_directives_are_validated() {
     }
 }
 
+/// `http://` keys from another machine can be replaced by anyone on the path: `nginx -t`
+/// warns with the directive's file and line (and still accepts it); loopback and https do
+/// not warn.
+#[test]
+fn a_plaintext_certs_url_to_another_host_is_warned_about() {
+    let warning = "fetches the keys without TLS";
+    for (url, warns) in [
+        ("http://certs.example.com/cdn-cgi/access/certs", true),
+        ("http://10.1.2.3:8080/certs", true),
+        ("http://127.0.0.1:1234/certs", false),
+        ("http://localhost:1234/certs", false),
+        ("https://certs.example.com/cdn-cgi/access/certs", false),
+    ] {
+        let (ok, out) = Nginx::builder()
+            .http(&format!(
+                "cf_access_team_domain {TEAM};\n    cf_access_aud {AUD};\n    \
+                 cf_access_certs_url {url};\n    server {{ listen 127.0.0.1:{{PORT}}; }}"
+            ))
+            .test_config();
+        assert!(ok, "{url}: {out}");
+        let line = out.lines().find(|l| l.contains(warning));
+        match line {
+            Some(l) => {
+                assert!(warns, "{url}: {l}");
+                assert!(l.contains("[warn]") && l.contains(url), "{l}");
+                assert!(l.contains("nginx.conf:"), "the directive's file and line: {l}");
+            }
+            None => assert!(!warns, "{url}: no warning in\n{out}"),
+        }
+    }
+}
+
 #[test]
 fn a_redirect_from_https_to_http_is_refused() {
     let key = KeyPair::generate();

@@ -20,15 +20,40 @@ pub fn split_http_url(url: &str) -> Option<(&str, &str, &str)> {
     }
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').map(|(h, _)| h)?,
-        None => host.split(':').next().unwrap_or(""),
-    };
+    let host = host_of(authority)?;
     if host.is_empty() || url.bytes().any(|b| !b.is_ascii_graphic()) {
         return None;
     }
     Some((scheme, authority, path))
+}
+
+/// The host of a URL's authority (`user@host:port`, `[v6]:port`), brackets removed.
+fn host_of(authority: &str) -> Option<&str> {
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map(|(h, _)| h),
+        None => Some(host.split(':').next().unwrap_or("")),
+    }
+}
+
+/// Whether a certs URL fetches keys in plaintext from another machine: `http://` to a host
+/// that is not a loopback address (`localhost`, 127.0.0.0/8, `::1`). Anyone on the path
+/// could then replace the keys and mint tokens; `nginx -t` warns (loopback is for tests and
+/// a local relay).
+pub fn plaintext_remote(url: &str) -> bool {
+    let Some((scheme, authority, _)) = split_http_url(url) else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("http") {
+        return false;
+    }
+    let Some(host) = host_of(authority) else {
+        return true;
+    };
+    let host = host.trim_end_matches('.');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    !loopback
 }
 
 /// `cf_access_certs_url`: an http(s) URL with a host.
@@ -72,6 +97,30 @@ pub fn require_error(value: &[u8]) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plaintext_certs_urls_from_other_hosts_are_flagged() {
+        for url in [
+            "http://certs.example.com/cdn-cgi/access/certs",
+            "HTTP://10.0.0.5:8080/certs",
+            "http://user@team.cloudflareaccess.com/certs",
+            "http://[2001:db8::1]/certs",
+            "http://127.0.0.1.example.com/certs",
+        ] {
+            assert!(plaintext_remote(url), "{url}");
+        }
+        for url in [
+            "https://certs.example.com/cdn-cgi/access/certs",
+            "http://127.0.0.1:1234/certs",
+            "http://127.9.8.7/certs",
+            "http://localhost:8080/certs",
+            "http://LOCALHOST./certs",
+            "http://[::1]:8080/certs",
+            "not a url",
+        ] {
+            assert!(!plaintext_remote(url), "{url}");
+        }
+    }
+
     use super::*;
 
     #[test]
