@@ -118,6 +118,38 @@ pub enum Mode {
     Report,
 }
 
+impl Mode {
+    /// `on`, `off` or `report`, in any case.
+    pub fn parse(value: &[u8]) -> Option<Mode> {
+        match value {
+            v if v.eq_ignore_ascii_case(b"on") => Some(Mode::On),
+            v if v.eq_ignore_ascii_case(b"off") => Some(Mode::Off),
+            v if v.eq_ignore_ascii_case(b"report") => Some(Mode::Report),
+            _ => None,
+        }
+    }
+}
+
+/// How a location's `cf_access` is set: a mode, or a value with variables (`cf_access
+/// $cf_access_mode;`, e.g. from a `map`) that each request evaluates to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeSetting {
+    Fixed(Mode),
+    Variable(*mut ngx_http_complex_value_t),
+}
+
+impl ModeSetting {
+    /// Whether requests here may be checked: not a fixed `off`.
+    pub fn may_check(self) -> bool {
+        self != ModeSetting::Fixed(Mode::Off)
+    }
+
+    /// Whether requests here may be refused without a token: `on`, or a variable.
+    pub fn may_enforce(self) -> bool {
+        matches!(self, ModeSetting::Fixed(Mode::On) | ModeSetting::Variable(_))
+    }
+}
+
 /// One `cf_access_require` directive: its values, the status for a failure, where it is.
 pub struct Require {
     pub values: Vec<*mut ngx_http_complex_value_t>,
@@ -127,7 +159,7 @@ pub struct Require {
 
 #[derive(Default)]
 pub struct LocConf {
-    pub mode: Option<Mode>,
+    pub mode: Option<ModeSetting>,
     /// Where `cf_access on` was written, for merge-time errors.
     pub mode_at: Option<String>,
     pub team_domain: Option<String>,
@@ -143,7 +175,7 @@ pub struct LocConf {
 /// What an enabled location checks requests with (shared by the locations that inherit it
 /// unchanged; used by the event loop's thread only).
 pub struct Verifier {
-    pub mode: Mode,
+    pub mode: ModeSetting,
     pub policy: Policy,
     pub store: Arc<KeyStore>,
     pub requires: Option<Rc<Vec<Require>>>,
@@ -152,10 +184,9 @@ pub struct Verifier {
 impl Verifier {
     /// Whether a verdict reached with `self` holds for `other` as it is (e.g. a server-level
     /// verdict for a location that inherited everything, or the location before an internal
-    /// redirect): the same token check, rules and mode.
+    /// redirect), in the same mode: the same token check and rules.
     pub fn same_check(&self, other: &Verifier) -> bool {
         self.same_token_check(other)
-            && self.mode == other.mode
             && match (&self.requires, &other.requires) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Rc::ptr_eq(a, b),
@@ -270,11 +301,19 @@ macro_rules! setter {
 setter!(
     /// `cf_access on | off | report;`
     set_mode, LocConf, |d, conf| {
-        let mode = match d.arg().as_bytes() {
-            v if v.eq_ignore_ascii_case(b"on") => Mode::On,
-            v if v.eq_ignore_ascii_case(b"off") => Mode::Off,
-            v if v.eq_ignore_ascii_case(b"report") => Mode::Report,
-            _ => return d.invalid(d.arg(), ", it must be \"on\", \"off\" or \"report\""),
+        let arg = d.arg();
+        let mode = if arg.as_bytes().contains(&b'$') {
+            match compile(d.cf, arg) {
+                Some(cv) => ModeSetting::Variable(cv),
+                None => return NGX_CONF_ERROR,
+            }
+        } else {
+            match Mode::parse(arg.as_bytes()) {
+                Some(mode) => ModeSetting::Fixed(mode),
+                None => {
+                    return d.invalid(arg, ", it must be \"on\", \"off\", \"report\" or a variable")
+                }
+            }
         };
         if conf.mode.is_none() {
             conf.mode_at = d.at();
@@ -473,8 +512,8 @@ impl LocConf {
         inherit(&mut self.leeway, &prev.leeway);
         inherit(&mut self.requires, &prev.requires);
 
-        let mode = self.mode.unwrap_or(Mode::Off);
-        if mode == Mode::Off {
+        let mode = self.mode.unwrap_or(ModeSetting::Fixed(Mode::Off));
+        if !mode.may_check() {
             return Ok(());
         }
         let at = self.mode_at.as_ref().map(|at| format!(" in {at}")).unwrap_or_default();

@@ -3,20 +3,45 @@
 
 use cf_access_core::Status;
 use ngx::core::Status as NgxStatus;
-use ngx::ffi::{ngx_http_request_t, ngx_int_t, NGX_HTTP_SATISFY_ALL};
+use ngx::ffi::{
+    ngx_http_request_t, ngx_int_t, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SATISFY_ALL,
+    NGX_LOG_ERR,
+};
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule, Request};
 
-use crate::conf::Mode;
-use crate::verdict::{verdict, verifier, RequestCtx};
+use crate::conf::{Mode, Verifier};
+use crate::verdict::{mode, verdict, verifier, RequestCtx};
 
 /// What a phase handler returns for a verdict: go on, or the status to deny with.
 fn enforce(ctx: &RequestCtx) -> ngx_int_t {
-    if ctx.verifier.mode == Mode::Report {
+    if ctx.mode == Mode::Report {
         return NgxStatus::NGX_DECLINED.into();
     }
     match ctx.status.get() {
         Status::Ok => NgxStatus::NGX_OK.into(),
         _ => ngx_int_t::from(ctx.deny_with.get() as i16),
+    }
+}
+
+/// `cf_access` with variables evaluated to something else than `on`, `off` or `report`: a
+/// misconfiguration, never an open door. One `[error]` line, and 500.
+fn misconfigured(r: &Request, value: &str) -> ngx_int_t {
+    crate::log_error!(
+        NGX_LOG_ERR,
+        r.log(),
+        "\"cf_access\" evaluated to \"{}\", not \"on\", \"off\" or \"report\": refused",
+        value.escape_default()
+    );
+    NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+}
+
+/// The mode `r` is checked in under `verifier`, or what to return instead of checking.
+#[inline]
+fn check(r: &Request, verifier: &Verifier) -> Result<Mode, ngx_int_t> {
+    match mode(r, verifier) {
+        Ok(Mode::Off) => Err(NgxStatus::NGX_DECLINED.into()),
+        Ok(mode) => Ok(mode),
+        Err(value) => Err(misconfigured(r, &value)),
     }
 }
 
@@ -39,7 +64,11 @@ pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_
     if !satisfy_all && r.is_main() {
         return NgxStatus::NGX_DECLINED.into();
     }
-    let Some(ctx) = verdict(r, verifier) else {
+    let mode = match check(r, verifier) {
+        Ok(mode) => mode,
+        Err(rc) => return rc,
+    };
+    let Some(ctx) = verdict(r, verifier, mode) else {
         return NgxStatus::NGX_ERROR.into();
     };
     let rc = enforce(ctx);
@@ -60,7 +89,11 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
     let Some(verifier) = verifier(r) else {
         return NgxStatus::NGX_DECLINED.into();
     };
-    match verdict(r, verifier) {
+    let mode = match check(r, verifier) {
+        Ok(mode) => mode,
+        Err(rc) => return rc,
+    };
+    match verdict(r, verifier, mode) {
         Some(ctx) => enforce(ctx),
         None => NgxStatus::NGX_ERROR.into(),
     }

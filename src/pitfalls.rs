@@ -11,7 +11,7 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
-use crate::conf::{LocConf, Mode};
+use crate::conf::LocConf;
 
 /// `ngx_http_rewrite_loc_conf_t` (private to ngx_http_rewrite_module.c, unchanged since
 /// 2009): only `codes` is read, non-NULL when the location has rewrite-module directives.
@@ -40,7 +40,7 @@ fn rewrite_index(cf: &ngx_conf_t) -> Option<usize> {
 /// During the merge of `conf` (cf->ctx holds the location's configurations): warns when
 /// the location is `cf_access on`, `satisfy any`, and has rewrite directives.
 pub fn warn_unenforced_rewrites(cf: *mut ngx_conf_t, conf: &LocConf) {
-    if conf.verifier.as_ref().is_none_or(|v| v.mode != Mode::On) {
+    if conf.verifier.as_ref().is_none_or(|v| !v.mode.may_enforce()) {
         return;
     }
     // SAFETY: nginx passes the configuration being merged.

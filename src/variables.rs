@@ -147,9 +147,11 @@ unsafe extern "C" fn get_variable(
 /// The verdict a variable shows: decided now where `cf_access` applies, else the one the
 /// request already has.
 fn verdict(r: &Request) -> Option<&RequestCtx> {
-    match verdict::verifier(r) {
-        Some(verifier) => verdict::verdict(r, verifier),
-        None => RequestCtx::get(r),
+    match verdict::applies(r) {
+        verdict::Applies::Yes(verifier, mode) => verdict::verdict(r, verifier, mode),
+        verdict::Applies::No => RequestCtx::get(r),
+        // The handlers refuse the request (and log it once); the variables stay empty.
+        verdict::Applies::Invalid => None,
     }
 }
 

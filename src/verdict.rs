@@ -16,12 +16,12 @@ use cf_access_core::decide::{self, Check, Decision};
 use cf_access_core::{Status, TokenCache, Verified, VerifyError};
 use ngx::core::Status as NgxStatus;
 use ngx::ffi::{
-    ngx_http_complex_value, ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add, ngx_str_t,
-    NGX_LOG_INFO, NGX_OK,
+    ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_request_t, ngx_int_t,
+    ngx_pool_cleanup_add, ngx_str_t, NGX_LOG_INFO, NGX_OK,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, Request};
 
-use crate::conf::{Mode, Verifier};
+use crate::conf::{Mode, ModeSetting, Verifier};
 use crate::{time, zone, Module};
 
 /// One request's verdict under one location's settings, in the request's pool.
@@ -32,6 +32,8 @@ pub struct RequestCtx {
     pub verified: Option<Arc<Verified>>,
     /// What the verdict was reached with.
     pub verifier: Rc<Verifier>,
+    /// The mode it was judged in (`on` or `report`; `cf_access`'s value for this request).
+    pub mode: Mode,
     /// The status to deny with (403, or a `cf_access_require`'s `error=`).
     pub deny_with: Cell<u16>,
     /// Why the token itself was refused, before any `cf_access_require` rule ran.
@@ -45,6 +47,7 @@ impl RequestCtx {
     fn new(
         r: &Request,
         verifier: &Rc<Verifier>,
+        mode: Mode,
         verified: Option<Arc<Verified>>,
         refused: Option<VerifyError>,
     ) -> RequestCtx {
@@ -53,6 +56,7 @@ impl RequestCtx {
             status: status.into(),
             verified,
             verifier: verifier.clone(),
+            mode,
             deny_with: 403.into(),
             refused,
             owner: r.as_ref(),
@@ -142,29 +146,79 @@ pub fn init_cache(capacity: usize) {
     CACHE.with_borrow_mut(|c| *c = TokenCache::new(capacity));
 }
 
-/// The verifier of `r`'s current location; `None` where `cf_access` is off.
+/// What `cf_access` says for `r` in its current location.
+pub enum Applies<'a> {
+    /// `off`, or a value that evaluates to `off`: nothing to check.
+    No,
+    /// `on` or `report` (evaluated), with the location's settings.
+    Yes(&'a Rc<Verifier>, Mode),
+    /// A value with variables that evaluated to something else: a misconfiguration, which
+    /// the handlers refuse with 500.
+    Invalid,
+}
+
+/// The verifier of `r`'s location; `None` where `cf_access` is a fixed `off`.
+#[inline]
 pub fn verifier(r: &Request) -> Option<&Rc<Verifier>> {
     Module::location_conf(r)?.verifier.as_ref()
+}
+
+/// `cf_access`'s value for `r` under `verifier`: fixed, or its variables evaluated (`Err`:
+/// what it evaluated to, when that is not a mode).
+#[inline]
+pub fn mode(r: &Request, verifier: &Verifier) -> Result<Mode, String> {
+    match verifier.mode {
+        ModeSetting::Fixed(mode) => Ok(mode),
+        ModeSetting::Variable(cv) => {
+            let value = complex_value(r, cv);
+            Mode::parse(value.as_bytes()).ok_or_else(|| value.to_string())
+        }
+    }
+}
+
+/// `cf_access`'s value for `r`, evaluated where it has variables.
+pub fn applies(r: &Request) -> Applies<'_> {
+    let Some(verifier) = verifier(r) else {
+        return Applies::No;
+    };
+    match mode(r, verifier) {
+        Ok(Mode::Off) => Applies::No,
+        Ok(mode) => Applies::Yes(verifier, mode),
+        Err(_) => Applies::Invalid,
+    }
+}
+
+/// The value of `cv` for `r`; empty when it cannot be evaluated.
+fn complex_value(r: &Request, cv: *mut ngx_http_complex_value_t) -> ngx_str_t {
+    let mut value = ngx_str_t::default();
+    // SAFETY: `cv` was compiled at configuration time for this cycle; `r` is live.
+    let rc = unsafe { ngx_http_complex_value(r.as_ref() as *const _ as *mut _, cv, &mut value) };
+    if rc != NGX_OK as ngx_int_t {
+        value = ngx_str_t::default();
+    }
+    value
 }
 
 /// `r`'s verdict under `verifier`: the one already reached with the same settings (also in
 /// another location, before an internal redirect), the token's verdict from such a location
 /// judged by this location's own rules, or a new one (decided, then recorded on `r`). `None`
 /// only when the pool is exhausted.
-pub fn verdict<'r>(r: &'r Request, verifier: &Rc<Verifier>) -> Option<&'r RequestCtx> {
+pub fn verdict<'r>(r: &'r Request, verifier: &Rc<Verifier>, mode: Mode) -> Option<&'r RequestCtx> {
     if let Some(ctx) = RequestCtx::own(r) {
         // The same location's settings (the rewrite phase's verdict in the access phase, an
         // index file in the same location): no comparison needed.
-        if Rc::ptr_eq(&ctx.verifier, verifier) || ctx.verifier.same_check(verifier) {
+        if ctx.mode == mode
+            && (Rc::ptr_eq(&ctx.verifier, verifier) || ctx.verifier.same_check(verifier))
+        {
             return Some(ctx);
         }
         if ctx.verifier.same_token_check(verifier) {
             crate::log_debug!(r, "verdict of the token reused after an internal redirect");
-            return rejudge(r, ctx, verifier);
+            return rejudge(r, ctx, verifier, mode);
         }
     }
     let decision = decide(r, verifier);
-    record(r, verifier, decision)
+    record(r, verifier, mode, decision)
 }
 
 /// Deciding: the core's decision for `r`'s headers under `verifier`, against this process's
@@ -215,9 +269,11 @@ fn decide(r: &Request, verifier: &Verifier) -> Decision {
 fn record<'r>(
     r: &'r Request,
     verifier: &Rc<Verifier>,
+    mode: Mode,
     decision: Decision,
 ) -> Option<&'r RequestCtx> {
-    let ctx = RequestCtx::set(r, RequestCtx::new(r, verifier, decision.verified, decision.error))?;
+    let ctx =
+        RequestCtx::set(r, RequestCtx::new(r, verifier, mode, decision.verified, decision.error))?;
     judge(r, ctx, verifier);
     Some(ctx)
 }
@@ -229,12 +285,13 @@ fn rejudge<'r>(
     r: &'r Request,
     prev: &RequestCtx,
     verifier: &Rc<Verifier>,
+    mode: Mode,
 ) -> Option<&'r RequestCtx> {
     let ctx = RequestCtx::set(
         r,
-        RequestCtx::new(r, verifier, prev.verified.clone(), prev.refused.clone()),
+        RequestCtx::new(r, verifier, mode, prev.verified.clone(), prev.refused.clone()),
     )?;
-    if ctx.refused.is_none() || prev.verifier.mode != verifier.mode {
+    if ctx.refused.is_none() || prev.mode != mode {
         // The rules are this location's; a refusal already logged in the same mode is not
         // logged again (one line per refused request).
         judge(r, ctx, verifier);
@@ -246,7 +303,7 @@ fn rejudge<'r>(
 /// rules.
 fn judge(r: &Request, ctx: &RequestCtx, verifier: &Verifier) {
     match &ctx.refused {
-        Some(e) => log_denial(r, verifier.mode, e.status(), &e.to_string()),
+        Some(e) => log_denial(r, ctx.mode, e.status(), &e.to_string()),
         None => check_requires(r, ctx, verifier),
     }
 }
@@ -258,22 +315,13 @@ fn check_requires(r: &Request, ctx: &RequestCtx, verifier: &Verifier) {
         return;
     };
     for require in requires.iter() {
-        let mut values = Vec::with_capacity(require.values.len());
-        for &cv in &require.values {
-            let mut value = ngx_str_t::default();
-            // SAFETY: `cv` was compiled at configuration time for this cycle; `r` is live.
-            let rc =
-                unsafe { ngx_http_complex_value(r.as_ref() as *const _ as *mut _, cv, &mut value) };
-            if rc != NGX_OK as ngx_int_t {
-                value = ngx_str_t::default();
-            }
-            values.push(value);
-        }
+        let values: Vec<ngx_str_t> =
+            require.values.iter().map(|&cv| complex_value(r, cv)).collect();
         if decide::first_unmet(values.iter().map(|v| v.as_bytes())).is_some() {
             ctx.status.set(Status::NotAllowed);
             ctx.deny_with.set(require.error);
             let why = format!("\"cf_access_require\" in {} is not met", require.at);
-            log_denial(r, verifier.mode, Status::NotAllowed, &why);
+            log_denial(r, ctx.mode, Status::NotAllowed, &why);
             return;
         }
     }

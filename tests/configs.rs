@@ -66,6 +66,16 @@ fn examples() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         ),
         ("per-user-limit.conf", vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)]),
         ("report.conf", vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)]),
+        (
+            "cors-preflight.conf",
+            vec![
+                listen,
+                team,
+                ("CF_ACCESS_AUD", AUD),
+                ("APP_ORIGIN", "https://app.example.com"),
+                ("UPSTREAM", ECHO),
+            ],
+        ),
     ]
 }
 
@@ -391,6 +401,25 @@ fn report_example_refuses_nothing_and_logs_every_verdict() {
     });
     assert!(found, "{}", std::fs::read_to_string(&log).unwrap_or_default());
     assert!(nginx.error_log().contains("cf_access: report: access would be denied (no_token)"));
+    nginx.assert_clean(&[]);
+}
+
+#[test]
+fn cors_preflight_example_lets_preflights_through_and_nothing_else() {
+    let key = KeyPair::generate();
+    let certs = CertsServer::start_with_keys(&[&key]);
+    let nginx = builder(&certs, &["cors-preflight.conf"]).start();
+    let origin = [("Origin", "https://app.example.com")];
+    let r = nginx.request("OPTIONS", "/api/items", &origin, None);
+    assert_eq!(r.status, 204, "{}", nginx.error_log());
+    assert_eq!(r.header("Access-Control-Allow-Origin"), Some("https://app.example.com"));
+    assert_eq!(r.header("Access-Control-Allow-Credentials"), Some("true"));
+    assert_eq!(get(&nginx, "/api/items", &origin).status, 403);
+    assert_eq!(nginx.request("DELETE", "/api/items", &origin, None).status, 403);
+    let t = token_for(&key, AUD, "alice@example.com");
+    let r = get(&nginx, "/api/items", &[origin[0], (HDR, &t)]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("x_email=alice@example.com"), "{}", r.body);
     nginx.assert_clean(&[]);
 }
 
