@@ -17,7 +17,8 @@ use crate::keys::{saved, Caller};
 use crate::{log, refresher, zone, Module};
 
 /// In the master, after the configuration is loaded (start and reload): give each certs URL
-/// its zone slot, adopt what the zone holds (a reload keeps it) or fetch what it lacks, fall
+/// its zone slot, adopt what the zone holds (a reload keeps it) or fetch what it lacks (in
+/// parallel, bounded by one fetch deadline), fall
 /// back to the key cache file, and rewrite that file from the zone. Workers then fork with
 /// the instance's newest sets. Nothing here fails the cycle (on a reload nginx would exit):
 /// requests fail closed until a refresh succeeds. Skipped by `nginx -t` (`nginx -s` stops
@@ -74,8 +75,32 @@ fn master_round(cycle: &ngx_cycle_t) {
         generation,
         log: &log,
     };
-    for store in &main.stores {
-        sync::round(&zone, store, &mut None, &env);
+    // The master never waits on the network for what the zone holds (a reload with the zone
+    // kept): it adopts, and the workers' refreshers keep those sets current. Only URLs the
+    // zone has no set for (the first start, a new URL) are fetched here, all at once, so
+    // that a start or reload waits at most one fetch deadline however many there are. (The
+    // threads inherit the master's blocked signals, and are joined before nginx goes on.)
+    let (held, missing): (Vec<_>, Vec<_>) =
+        main.stores.iter().partition(|store| sync::zone_has_set(&zone, store));
+    for store in held {
+        sync::adopt(&zone, store, &log);
+    }
+    match missing.as_slice() {
+        [] => {}
+        [store] => {
+            sync::round(&zone, store, &mut None, &env);
+        }
+        stores => std::thread::scope(|scope| {
+            for &store in stores {
+                let (zone, env) = (&zone, &env);
+                if let Err(e) = std::thread::Builder::new()
+                    .name("cf-access-fetch".into())
+                    .spawn_scoped(scope, move || sync::round(zone, store, &mut None, env))
+                {
+                    log.warn(format_args!("cannot fetch keys for \"{}\" now: {e}", store.url));
+                }
+            }
+        }),
     }
     if let Some(path) = &main.keys_cache {
         saved::offer(&zone, &main.stores, path, &log);

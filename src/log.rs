@@ -35,6 +35,9 @@ pub struct ThreadLog(*mut ngx_log_t);
 
 // SAFETY: see the type's documentation; the pointer is only used to call the logger.
 unsafe impl Send for ThreadLog {}
+// SAFETY: as for Send: each line is one write(2), so threads sharing the log (the master's
+// parallel first fetches) cannot interleave within a line; nothing is mutated.
+unsafe impl Sync for ThreadLog {}
 
 impl ThreadLog {
     /// # Safety

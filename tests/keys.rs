@@ -443,6 +443,32 @@ fn slow_redirects_cannot_stall_startup_past_the_deadline() {
     drop(nginx);
 }
 
+/// The certs URLs the zone has no set for are fetched at start all at once: three that
+/// hang cost one fetch deadline, not three.
+#[test]
+fn hanging_certs_urls_cost_startup_one_deadline_together() {
+    let servers: Vec<CertsServer> = (0..3).map(|_| CertsServer::start(Behavior::Hang)).collect();
+    let mut http = String::new();
+    for (i, server) in servers.iter().enumerate() {
+        http.push_str(&format!(
+            "location /app{i}/ {{ cf_access on; cf_access_team_domain {TEAM}; \
+             cf_access_aud {AUD}; cf_access_certs_url {}; }}\n",
+            server.url()
+        ));
+    }
+    let started = Instant::now();
+    let nginx =
+        Nginx::builder().http(&format!("server {{ listen 127.0.0.1:{{PORT}}; {http} }}")).start();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(7500), "startup took {took:?}");
+    let log = nginx.error_log();
+    for server in &servers {
+        let line = format!("fetching keys from \"{}\" failed", server.url());
+        assert!(log.contains(&line), "{line}: {log}");
+    }
+    drop(nginx);
+}
+
 #[test]
 fn a_proxy_and_a_private_ca_work_in_workers_too() {
     let (k1, k2) = (KeyPair::generate(), KeyPair::generate());

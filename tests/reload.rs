@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cf_access_dev::{mint, now, user_claims, CertsServer, KeyPair};
+use cf_access_dev::{mint, now, user_claims, Behavior, CertsServer, KeyPair};
 use cf_access_testkit::site::{AUD, HDR, TEAM};
-use cf_access_testkit::{http_request, poll_until, process_alive, Nginx};
+use cf_access_testkit::{http_request, poll_until, process_alive, send_signal, Nginx};
 
 const RELOADS: usize = 20;
 const WORKERS: u32 = 2;
@@ -207,4 +207,48 @@ fn reloads_under_load_lose_nothing_and_leak_nothing() {
     // Graceful quit (SIGQUIT) is prompt, and nothing crashed, before or during it.
     let quit_took = nginx.quit();
     eprintln!("SIGQUIT took {quit_took:?}");
+}
+
+/// A reload never waits on Cloudflare for what the shared zone already holds. The worker
+/// holding the refresh lease dies in a fetch that hangs, so the lease is free and a refresh
+/// due as `SIGHUP` comes: the reload still takes effect at once (a new worker, the old one
+/// gone), and a worker killed then is respawned at once.
+#[test]
+fn a_reload_while_the_certs_endpoint_hangs_takes_effect_at_once() {
+    let key = KeyPair::generate();
+    let certs = CertsServer::start_with_keys(&[&key]);
+    let nginx = Nginx::builder()
+        .workers(1)
+        .protected_site((TEAM, AUD, &certs.url()), "cf_access_refresh 1s;", "")
+        .start();
+    let token = mint(&key, &user_claims(TEAM, AUD, "alice@example.com", now(), 3600));
+    assert_eq!(nginx.get("/p/", &[(HDR, &token)]).status, 200);
+    certs.set(Behavior::Hang);
+    // Within a second or two the worker's refresher is in a fetch that hangs (up to 5 s).
+    thread::sleep(Duration::from_millis(2500));
+    let old = nginx.worker_pids();
+    assert_eq!(old.len(), 1);
+    assert!(send_signal(old[0], libc::SIGKILL));
+    let log = nginx.log_len();
+    let started = Instant::now();
+    assert!(send_signal(nginx.pid(), libc::SIGHUP));
+    // The master logs "start worker processes" once the new configuration's workers start.
+    let reloaded = poll_until(Duration::from_secs(8), || {
+        nginx.log_since(log).contains("start worker processes")
+    });
+    let took = started.elapsed();
+    assert!(reloaded, "the reload did not take effect within 8 s: {}", nginx.error_log());
+    assert!(took < Duration::from_millis(800), "the reload took {took:?}");
+    // A worker killed now is respawned at once, and it serves with the zone's keys.
+    let victim = nginx.worker_pids()[0];
+    assert!(send_signal(victim, libc::SIGKILL));
+    let respawned = poll_until(Duration::from_millis(800), || {
+        let now = nginx.worker_pids();
+        !now.is_empty() && !now.contains(&victim)
+    });
+    assert!(respawned, "no worker respawned within 0.8 s: {}", nginx.error_log());
+    let r = nginx.get("/p/", &[(HDR, &token)]);
+    assert_eq!(r.status, 200, "{}", nginx.error_log());
+    drop(certs);
+    nginx.assert_clean(&["exited on signal 9", "refreshing keys"]);
 }

@@ -31,8 +31,10 @@ pub struct Egress {
     pub roots: Option<Arc<Vec<Certificate<'static>>>>,
 }
 
-/// Who fetches: the master must not start threads (they would not survive its forks), so
-/// its DNS lookups are left to the system resolver's own timeouts.
+/// Who fetches: the master must leave no thread running (none would survive its forks,
+/// and one inside the resolver could hold libc's locks across them), so its DNS lookups use
+/// no resolver thread of ureq's and are left to the system resolver's own timeouts. (Its
+/// parallel first fetches run on scoped threads that end before the master goes on.)
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
     Master,

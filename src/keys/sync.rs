@@ -39,6 +39,14 @@ fn poll_ms() -> u64 {
     POLL.as_millis() as u64
 }
 
+/// Whether the zone holds a key set for `store`'s URL (its slot is this URL's and has one).
+pub fn zone_has_set(zone: &Zone, store: &KeyStore) -> bool {
+    let Some(slot) = store.slot() else {
+        return false;
+    };
+    matches!(zone.lock(slot), Ok(g) if g.url() == store.url && g.state().seq != 0)
+}
+
 /// Makes `store` hold the set the zone holds for it, if that is another one. Returns false
 /// when the zone cannot be read. A set that does not parse (it cannot happen unless the
 /// zone was damaged) is dropped from the zone, so that it is fetched again.
