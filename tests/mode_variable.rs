@@ -8,8 +8,8 @@
 // A test: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cf_access_dev::{CertsServer, KeyPair};
-use cf_access_testkit::site::{token, AUD, HDR, TEAM};
+use cf_access_dev::CertsServer;
+use cf_access_testkit::site::{start_site, token, AUD, HDR, TEAM};
 use cf_access_testkit::Nginx;
 use serde_json::Value;
 
@@ -98,9 +98,7 @@ fn counted(nginx: &Nginx) -> u64 {
 
 #[test]
 fn a_preflight_passes_and_the_request_that_follows_needs_its_token() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = site(&certs);
+    let (key, _certs, nginx) = start_site(site);
     let before = counted(&nginx);
     let r = nginx.request("OPTIONS", "/api/items", &[("Origin", "https://app.example.com")], None);
     assert_eq!(r.status, 204, "{}", nginx.error_log());
@@ -119,9 +117,7 @@ fn a_preflight_passes_and_the_request_that_follows_needs_its_token() {
 
 #[test]
 fn a_map_can_yield_report_or_off() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = site(&certs);
+    let (_key, _certs, nginx) = start_site(site);
     let log = nginx.log_len();
     let r = nginx.get("/h/", &[("X-Mode", "report")]);
     assert_eq!((r.status, r.body.as_str()), (200, "static\n"));
@@ -136,9 +132,7 @@ fn a_map_can_yield_report_or_off() {
 
 #[test]
 fn a_value_that_is_not_a_mode_is_refused_with_500_and_one_error_line() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = site(&certs);
+    let (key, _certs, nginx) = start_site(site);
     let log = nginx.log_len();
     for headers in [vec![("X-Mode", "bad")], vec![("X-Mode", "bad"), (HDR, token(&key).leak())]] {
         let r = nginx.get("/h/", &headers);
@@ -156,9 +150,7 @@ fn a_value_that_is_not_a_mode_is_refused_with_500_and_one_error_line() {
 
 #[test]
 fn satisfy_any_and_subrequests_follow_the_evaluated_value() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = site(&certs);
+    let (key, _certs, nginx) = start_site(site);
     let t = token(&key);
     // satisfy any: another access module's "allow" lets the request in without a token;
     // where it does not, the token decides.

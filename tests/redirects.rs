@@ -9,8 +9,8 @@
 // A test: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cf_access_dev::{CertsServer, KeyPair};
-use cf_access_testkit::site::{token, token_for, AUD, EMAIL, HDR, OTHER_AUD, TEAM};
+use cf_access_dev::CertsServer;
+use cf_access_testkit::site::{start_site, token, token_for, AUD, EMAIL, HDR, OTHER_AUD, TEAM};
 use cf_access_testkit::Nginx;
 use serde_json::Value;
 
@@ -101,9 +101,7 @@ fn fetch(nginx: &Nginx, path: &str, token: &str) -> (u16, String, Option<String>
 
 #[test]
 fn a_directory_url_try_files_error_page_and_a_named_location_verify_once() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = site(&certs);
+    let (key, _certs, nginx) = start_site(site);
     let t = token(&key);
     // The file URL itself, for comparison; then the four internal redirects, twice each
     // (a miss, then cache hits: one lookup per request either way).
@@ -129,9 +127,7 @@ fn a_directory_url_try_files_error_page_and_a_named_location_verify_once() {
 
 #[test]
 fn a_redirect_into_another_application_verifies_again() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = site(&certs);
+    let (key, _certs, nginx) = start_site(site);
     // AUD's token passes /to-other/ and is refused by /other/ (another AUD), verified twice.
     let log = nginx.log_len();
     let (status, _, email, n) = fetch(&nginx, "/to-other/x", &token(&key));
@@ -148,9 +144,7 @@ fn a_redirect_into_another_application_verifies_again() {
 
 #[test]
 fn a_redirect_into_a_location_with_its_own_rules_applies_them_without_verifying_again() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = site(&certs);
+    let (key, _certs, nginx) = start_site(site);
     let log = nginx.log_len();
     let (status, _, _, n) = fetch(&nginx, "/to-rules/x", &token(&key));
     assert_eq!((status, n), (403, 1), "{}", nginx.error_log());
@@ -165,9 +159,7 @@ fn a_redirect_into_a_location_with_its_own_rules_applies_them_without_verifying_
 
 #[test]
 fn a_refusal_redirected_to_a_protected_error_page_is_logged_once() {
-    let key = KeyPair::generate();
-    let certs = CertsServer::start_with_keys(&[&key]);
-    let nginx = site(&certs);
+    let (key, _certs, nginx) = start_site(site);
     let log = nginx.log_len();
     let (status, body, _, n) = fetch(&nginx, "/denied/x", &token_for(&key, OTHER_AUD, EMAIL));
     // The error page's location refuses the same token again (same settings): nginx then

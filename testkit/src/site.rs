@@ -3,8 +3,10 @@
 //! Every test file uses these instead of its own copies; a test that needs a second
 //! application uses [`OTHER_AUD`] (or its own value, if no other file needs it).
 
-use cf_access_dev::{mint, now, user_claims, KeyPair};
+use cf_access_dev::{mint, now, user_claims, CertsServer, KeyPair};
 use serde_json::Value;
+
+use crate::Nginx;
 
 /// The team domain (`cf_access_team_domain`).
 pub const TEAM: &str = "team.cloudflareaccess.com";
@@ -38,6 +40,15 @@ pub fn token(key: &KeyPair) -> String {
 /// signed by `key`.
 pub fn token_for(key: &KeyPair, aud: &str, email: &str) -> String {
     mint(key, &user_claims(TEAM, aud, email, now(), TTL))
+}
+
+/// A fresh key, a certs endpoint serving it, and `site` started against that endpoint: the
+/// start of most stories.
+pub fn start_site(site: impl FnOnce(&CertsServer) -> Nginx) -> (KeyPair, CertsServer, Nginx) {
+    let key = KeyPair::generate();
+    let certs = CertsServer::start_with_keys(&[&key]);
+    let nginx = site(&certs);
+    (key, certs, nginx)
 }
 
 #[cfg(test)]
