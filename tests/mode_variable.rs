@@ -133,8 +133,9 @@ fn a_map_can_yield_report_or_off() {
 #[test]
 fn a_value_that_is_not_a_mode_is_refused_with_500_and_one_error_line() {
     let (key, _certs, nginx) = start_site(site);
+    let t = token(&key);
     let log = nginx.log_len();
-    for headers in [vec![("X-Mode", "bad")], vec![("X-Mode", "bad"), (HDR, token(&key).leak())]] {
+    for headers in [vec![("X-Mode", "bad")], vec![("X-Mode", "bad"), (HDR, t.as_str())]] {
         let r = nginx.get("/h/", &headers);
         assert_eq!(r.status, 500, "{}", r.body);
         assert!(!r.body.contains("static"), "nothing is served: {}", r.body);
