@@ -3,8 +3,6 @@
 //! it exits. A panic in any of them is caught: it must not unwind into nginx (which would
 //! abort the process).
 
-use std::panic::{self, AssertUnwindSafe};
-
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_cycle_t, ngx_int_t, ngx_process, ngx_test_config, NGX_LOG_ALERT, NGX_LOG_EMERG,
@@ -12,9 +10,10 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleMainConf;
 
-use crate::keys::sync::{self, Env};
-use crate::keys::{saved, Caller};
-use crate::{log, refresher, zone, Module};
+use crate::keys::round::{self, RoundSettings};
+use crate::keys::{saved, Role};
+use crate::log::ThreadLog;
+use crate::{refresher, zone, Module};
 
 /// In the master, after the configuration is loaded (start and reload): give each certs URL
 /// its zone slot, adopt what the zone holds (a reload keeps it) or fetch what it lacks (in
@@ -30,23 +29,21 @@ pub extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     if unsafe { ngx_test_config } != 0 {
         return Status::NGX_OK.into();
     }
-    if panic::catch_unwind(AssertUnwindSafe(|| master_round(cycle))).is_err() {
-        crate::log_error!(
-            NGX_LOG_ALERT,
-            cycle.log,
-            "loading keys panicked; requests are refused until a refresh succeeds"
-        );
-    }
+    // SAFETY: the cycle's log outlives this call, the only use of `log`.
+    let log = unsafe { ThreadLog::new(cycle.log) };
+    log.catch_panic(
+        NGX_LOG_ALERT,
+        format_args!("loading keys panicked; requests are refused until a refresh succeeds"),
+        || master_round(cycle, &log),
+    );
     Status::NGX_OK.into()
 }
 
-fn master_round(cycle: &ngx_cycle_t) {
+fn master_round(cycle: &ngx_cycle_t, log: &ThreadLog) {
     let zone = zone::attach(cycle);
     let Some(main) = Module::main_conf(cycle).filter(|m| !m.stores.is_empty()) else {
         return;
     };
-    // SAFETY: the cycle's log outlives this call, the only use of `log`.
-    let log = unsafe { log::ThreadLog::new(cycle.log) };
     let Some(zone) = zone else {
         log.alert(format_args!("the shared zone is missing; requests are refused"));
         return;
@@ -68,12 +65,12 @@ fn master_round(cycle: &ngx_cycle_t) {
     }
     // Workers of the previous configuration only adopt from now on.
     let generation = zone.next_generation();
-    let env = Env {
+    let settings = RoundSettings {
         interval: main.refresh(),
         egress: &main.egress,
-        caller: Caller::Master,
+        role: Role::Master,
         generation,
-        log: &log,
+        log,
     };
     // The master never waits on the network for what the zone holds (a reload with the zone
     // kept): it adopts, and the workers' refreshers keep those sets current. Only URLs the
@@ -81,21 +78,21 @@ fn master_round(cycle: &ngx_cycle_t) {
     // that a start or reload waits at most one fetch deadline however many there are. (The
     // threads inherit the master's blocked signals, and are joined before nginx goes on.)
     let (held, missing): (Vec<_>, Vec<_>) =
-        main.stores.iter().partition(|store| sync::zone_has_set(&zone, store));
+        main.stores.iter().partition(|store| round::zone_has_set(&zone, store));
     for store in held {
-        sync::adopt(&zone, store, &log);
+        round::adopt(&zone, store, log);
     }
     match missing.as_slice() {
         [] => {}
         [store] => {
-            sync::round(&zone, store, &mut None, &env);
+            round::run(&zone, store, &settings);
         }
         stores => std::thread::scope(|scope| {
             for &store in stores {
-                let (zone, env) = (&zone, &env);
+                let (zone, settings) = (&zone, &settings);
                 if let Err(e) = std::thread::Builder::new()
                     .name("cf-access-fetch".into())
-                    .spawn_scoped(scope, move || sync::round(zone, store, &mut None, env))
+                    .spawn_scoped(scope, move || round::run(zone, store, settings))
                 {
                     log.warn(format_args!("cannot fetch keys for \"{}\" now: {e}", store.url));
                 }
@@ -103,8 +100,8 @@ fn master_round(cycle: &ngx_cycle_t) {
         }),
     }
     if let Some(path) = &main.keys_cache {
-        saved::offer(&zone, &main.stores, path, &log);
-        saved::write(&zone, &main.stores, path, &log);
+        saved::offer(&zone, &main.stores, path, log);
+        saved::write(&zone, &main.stores, path, log);
     }
     for store in main.stores.iter().filter(|s| !s.has_keys()) {
         log.warn(format_args!(
@@ -125,29 +122,26 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     if process != NGX_PROCESS_WORKER && process != NGX_PROCESS_SINGLE {
         return Status::NGX_OK.into();
     }
-    match panic::catch_unwind(AssertUnwindSafe(|| start_worker(cycle))) {
-        Ok(status) => status.into(),
-        Err(_) => {
-            crate::log_error!(NGX_LOG_EMERG, cycle.log, "worker start panicked");
-            Status::NGX_ERROR.into()
-        }
-    }
+    // SAFETY: the cycle's log lives as long as the worker process.
+    let log = unsafe { ThreadLog::new(cycle.log) };
+    let started = log.catch_panic(NGX_LOG_EMERG, format_args!("worker start panicked"), || {
+        start_worker(cycle, log)
+    });
+    started.unwrap_or(Status::NGX_ERROR).into()
 }
 
-fn start_worker(cycle: &ngx_cycle_t) -> Status {
+fn start_worker(cycle: &ngx_cycle_t, log: ThreadLog) -> Status {
     let zone = zone::attach(cycle);
     let Some(main) = Module::main_conf(cycle).filter(|m| !m.stores.is_empty()) else {
         return Status::NGX_OK;
     };
     crate::verdict::init_cache(main.cache_size());
-    // SAFETY: the cycle's log lives as long as the worker process.
-    let log = unsafe { log::ThreadLog::new(cycle.log) };
     let Some(zone) = zone else {
         crate::log_error!(NGX_LOG_EMERG, cycle.log, "shared zone not found");
         return Status::NGX_ERROR;
     };
     for store in &main.stores {
-        if !sync::adopt(&zone, store, &log) {
+        if !round::adopt(&zone, store, &log) {
             store.clear();
         }
     }
@@ -183,19 +177,19 @@ pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
 pub extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
     // SAFETY: nginx passes the current cycle, valid until the master exits.
     let cycle = unsafe { &*cycle };
-    if panic::catch_unwind(AssertUnwindSafe(|| save_on_exit(cycle))).is_err() {
-        crate::log_error!(NGX_LOG_ALERT, cycle.log, "saving the key cache panicked");
-    }
+    // SAFETY: the cycle's log outlives this call, the only use of `log`.
+    let log = unsafe { ThreadLog::new(cycle.log) };
+    log.catch_panic(NGX_LOG_ALERT, format_args!("saving the key cache panicked"), || {
+        save_on_exit(cycle, &log)
+    });
 }
 
-fn save_on_exit(cycle: &ngx_cycle_t) {
+fn save_on_exit(cycle: &ngx_cycle_t, log: &ThreadLog) {
     let Some(main) = Module::main_conf(cycle) else {
         return;
     };
     let (Some(path), Some(zone)) = (&main.keys_cache, zone::current()) else {
         return;
     };
-    // SAFETY: the cycle's log outlives this call, the only use of `log`.
-    let log = unsafe { log::ThreadLog::new(cycle.log) };
-    saved::write(&zone, &main.stores, path, &log);
+    saved::write(&zone, &main.stores, path, log);
 }

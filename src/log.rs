@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::mem::MaybeUninit;
+use std::panic::{self, AssertUnwindSafe};
 
 use ngx::ffi::{ngx_log_t, ngx_uint_t, NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_LOG_WARN};
 
@@ -31,6 +32,7 @@ macro_rules! log_debug {
 ///
 /// nginx's logger writes each line with one `write(2)` from a stack buffer, which is safe
 /// from another thread; the log lives as long as the worker's cycle, i.e. the process.
+#[derive(Clone, Copy)]
 pub struct ThreadLog(*mut ngx_log_t);
 
 // SAFETY: see the type's documentation; the pointer is only used to call the logger.
@@ -56,6 +58,23 @@ impl ThreadLog {
 
     pub fn notice(&self, args: fmt::Arguments<'_>) {
         self.write(NGX_LOG_NOTICE as _, args);
+    }
+
+    /// Runs `f`, which must not unwind into nginx (that would abort the process): a panic
+    /// is caught, `what` logged at `level`, and `None` returned.
+    pub fn catch_panic<T>(
+        &self,
+        level: u32,
+        what: fmt::Arguments<'_>,
+        f: impl FnOnce() -> T,
+    ) -> Option<T> {
+        match panic::catch_unwind(AssertUnwindSafe(f)) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                self.write(level as ngx_uint_t, what);
+                None
+            }
+        }
     }
 
     /// One line, prefixed, formatted on the stack (as nginx's own macros do) and only when

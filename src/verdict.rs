@@ -225,16 +225,7 @@ pub fn verdict<'r>(r: &'r Request, verifier: &Rc<Verifier>, mode: Mode) -> Optio
 /// key set and the worker's token cache (whose lookups are counted).
 fn decide(r: &Request, verifier: &Verifier) -> Decision {
     let store = &verifier.store;
-    let snapshot = store.current();
-    // Another process stored a newer set: have this worker's refresher adopt it now rather
-    // than at its next look (this request still uses the set in hand).
-    if let (Some(zone), Some(slot)) = (crate::zone::current(), store.slot()) {
-        let published = zone.published(slot);
-        let held = snapshot.as_deref().map_or(0, |s| s.seq);
-        if published != 0 && published != held && store.want_refresh() {
-            crate::refresher::wake();
-        }
-    }
+    let snapshot = store.snapshot(zone::current());
     let check = Check {
         policy: &verifier.policy,
         keys: snapshot.as_deref().map(|s| &s.set),
@@ -254,9 +245,8 @@ fn decide(r: &Request, verifier: &Verifier) -> Decision {
         hits,
         misses
     );
-    if decision.wants_refresh && store.want_refresh() {
-        // Perhaps the keys were rotated: have the refresher look (rate limited there).
-        crate::refresher::wake();
+    if decision.wants_refresh {
+        store.unknown_kid(time::mono_ms());
     }
     if let Some(v) = &decision.verified {
         crate::log_debug!(r, "token verified (kid {})", v.kid);

@@ -1,6 +1,6 @@
 //! The refresh state machine of one certs URL, shared by every process of an nginx instance.
 //!
-//! The instance-wide part ([`Shared`]) lives in nginx's shared memory zone, so that the
+//! The instance-wide part ([`UrlState`]) lives in nginx's shared memory zone, so that the
 //! master and every worker, across reloads and respawns, agree on which key set is the
 //! newest, when the next fetch is due, who is fetching, how many fetches failed in a row and
 //! when the last forced refresh happened. Each process adds a little of its own ([`Local`]):
@@ -47,7 +47,7 @@ fn ms(d: Duration) -> u64 {
 /// and only read or written with the zone's slot locked.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Shared {
+pub struct UrlState {
     /// Version of the stored key set, unique in the zone; 0: no set stored.
     pub seq: u64,
     /// When the fetch that produced the stored set started (monotonic ms); 0 for a set that
@@ -89,28 +89,16 @@ pub struct Local {
 /// What a process does next for one certs URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// The shared zone has another set than this process holds: copy it (with the slot still
-    /// locked), then call [`Local::adopted`] and decide again.
+    /// The shared zone has another set than this process holds: read it (locking the slot
+    /// again; it may have changed since, which is fine: the newest is taken), verify with
+    /// it, and decide again with `held` set to its `seq`. A pending wish was dropped: if
+    /// that set still lacks the `kid`, the next request with it asks again (rate limited).
     Adopt,
     /// This process took the lease: fetch now (unlocked), then call [`record_success`] or
     /// [`record_failure`] with `started`.
-    Fetch { started: u64, forced: bool },
+    Fetch { started: u64 },
     /// Nothing to do until `until` (monotonic ms), unless woken.
     Wait { until: u64 },
-}
-
-impl Local {
-    /// This process now verifies with set `seq`. A pending wish is dropped: if the new set
-    /// still lacks a `kid`, the next request with it asks again (still rate limited).
-    pub fn adopted(&mut self, seq: u64) {
-        self.held = seq;
-        self.wish = None;
-    }
-
-    /// A request found an unknown `kid` at `now`.
-    pub fn wish(&mut self, now: u64) {
-        self.wish.get_or_insert(now);
-    }
 }
 
 /// Who is deciding.
@@ -125,7 +113,7 @@ pub struct Me {
 /// Decides the next step for one certs URL; may take the lease (then the caller must fetch).
 /// `alive` tells whether the lease holder still exists.
 pub fn decide(
-    s: &mut Shared,
+    s: &mut UrlState,
     local: &mut Local,
     now: u64,
     interval: Duration,
@@ -133,6 +121,7 @@ pub fn decide(
     alive: impl Fn(u32) -> bool,
 ) -> Step {
     if s.seq != 0 && s.seq != local.held {
+        local.wish = None;
         return Step::Adopt;
     }
     if !me.may_fetch {
@@ -168,7 +157,7 @@ pub fn decide(
         }
         // This fetch answers this process's wish (and any other made before now).
         local.wish = None;
-        return Step::Fetch { started: now, forced };
+        return Step::Fetch { started: now };
     }
     let mut until = due.min(now.saturating_add(ms(POLL)));
     if local.wish.is_some() {
@@ -194,7 +183,7 @@ pub enum Event {
 /// differs from the stored one. Returns whether the caller must store the new body (then
 /// with `seq` set to a fresh value by the caller) and what to log.
 pub fn record_success(
-    s: &mut Shared,
+    s: &mut UrlState,
     started: u64,
     changed: bool,
     now: u64,
@@ -229,7 +218,7 @@ pub fn record_success(
 /// master's fetch at start logs its own line and passes `may_warn = false`, so that the
 /// workers still warn once about a run of failures.
 pub fn record_failure(
-    s: &mut Shared,
+    s: &mut UrlState,
     now: u64,
     interval: Duration,
     me: u32,
@@ -250,7 +239,7 @@ pub fn record_failure(
 /// A set read from the key cache file, fetched at `fetched_at` (unix seconds). Returns
 /// whether the zone has none (then the caller stores it, and the next fetch is due at once:
 /// a saved set is only a stopgap).
-pub fn offer_saved(s: &mut Shared, fetched_at: u64, now: u64) -> bool {
+pub fn offer_saved(s: &mut UrlState, fetched_at: u64, now: u64) -> bool {
     // The zone outlives reloads: a set it holds is the instance's newest, whatever the
     // wall clock said when either was fetched (it may have been stepped back since).
     if s.seq != 0 {
@@ -262,7 +251,7 @@ pub fn offer_saved(s: &mut Shared, fetched_at: u64, now: u64) -> bool {
     true
 }
 
-fn release(s: &mut Shared, me: u32) {
+fn release(s: &mut UrlState, me: u32) {
     if s.lease_pid == me {
         s.lease_pid = 0;
         s.lease_until = 0;
@@ -297,8 +286,8 @@ mod tests {
         Local { held: seq, wish: None }
     }
 
-    fn settled() -> (Shared, Local) {
-        let mut s = Shared::default();
+    fn settled() -> (UrlState, Local) {
+        let mut s = UrlState::default();
         let mut l = Local::default();
         assert!(matches!(
             decide(&mut s, &mut l, T0, HOUR, me(A), alive),
@@ -308,7 +297,7 @@ mod tests {
         assert!(store);
         assert_eq!(event, Event::Updated);
         s.seq = 7;
-        l.adopted(7);
+        l.held = 7;
         (s, l)
     }
 
@@ -328,7 +317,7 @@ mod tests {
 
     #[test]
     fn an_empty_zone_is_fetched_at_once_by_one_process() {
-        let mut s = Shared::default();
+        let mut s = UrlState::default();
         let (mut a, mut b) = (Local::default(), Local::default());
         assert!(matches!(decide(&mut s, &mut a, T0, HOUR, me(A), alive), Step::Fetch { .. }));
         // B sees the lease and waits (polling), it does not fetch too.
@@ -343,7 +332,7 @@ mod tests {
         let (mut s, mut a) = settled();
         let mut b = Local::default();
         assert_eq!(decide(&mut s, &mut b, T0 + 5, HOUR, me(B), alive), Step::Adopt);
-        b.adopted(s.seq);
+        b.held = s.seq;
         for (l, who) in [(&mut a, A), (&mut b, B)] {
             assert!(matches!(
                 decide(&mut s, l, T0 + 30 * SEC, HOUR, me(who), alive),
@@ -351,10 +340,8 @@ mod tests {
             ));
         }
         let due = T0 + 3600 * SEC;
-        assert!(matches!(
-            decide(&mut s, &mut b, due, HOUR, me(B), alive),
-            Step::Fetch { forced: false, .. }
-        ));
+        assert_eq!(decide(&mut s, &mut b, due, HOUR, me(B), alive), Step::Fetch { started: due });
+        assert_eq!(s.last_forced, 0, "a scheduled fetch");
         assert!(matches!(decide(&mut s, &mut a, due + 1, HOUR, me(A), alive), Step::Wait { .. }));
         let (store, event) = record_success(&mut s, due, false, due + 50, 2, HOUR, B);
         assert!(!store && event == Event::Quiet, "same keys: nothing to store");
@@ -365,7 +352,7 @@ mod tests {
 
     #[test]
     fn a_lease_whose_holder_died_or_expired_is_taken_over() {
-        let mut s = Shared::default();
+        let mut s = UrlState::default();
         let (mut a, mut b) = (Local::default(), Local::default());
         decide(&mut s, &mut a, T0, HOUR, me(A), alive);
         assert!(matches!(decide(&mut s, &mut b, T0 + 1, HOUR, me(B), dead), Step::Fetch { .. }));
@@ -380,37 +367,34 @@ mod tests {
         let (mut s, mut a) = settled();
         let mut b = holding(7);
         let t = T0 + 20 * SEC;
-        a.wish(t);
-        b.wish(t + 1);
-        assert_eq!(
-            decide(&mut s, &mut a, t, HOUR, me(A), alive),
-            Step::Fetch { started: t, forced: true }
-        );
+        a.wish = Some(t);
+        b.wish = Some(t + 1);
+        assert_eq!(decide(&mut s, &mut a, t, HOUR, me(A), alive), Step::Fetch { started: t });
+        assert_eq!(s.last_forced, t);
         // B's wish came before A's fetch ended: that fetch answers it.
         assert!(matches!(decide(&mut s, &mut b, t + 2, HOUR, me(B), alive), Step::Wait { .. }));
         record_success(&mut s, t, false, t + 100, 3, HOUR, A);
         assert!(a.wish.is_none());
         // A new wish right after: rate limited until the gap since the last attempt.
-        b.wish(t + 200);
+        b.wish = Some(t + 200);
         let gap_end = t + ms(FORCED_MIN_GAP);
         assert_eq!(
             decide(&mut s, &mut b, gap_end - 1, HOUR, me(B), alive),
             Step::Wait { until: gap_end }
         );
-        assert!(matches!(
-            decide(&mut s, &mut b, gap_end, HOUR, me(B), alive),
-            Step::Fetch { forced: true, .. }
-        ));
+        assert!(matches!(decide(&mut s, &mut b, gap_end, HOUR, me(B), alive), Step::Fetch { .. }));
+        assert_eq!(s.last_forced, gap_end);
     }
 
     #[test]
     fn a_scheduled_fetch_does_not_delay_the_first_forced_one() {
         let (mut s, mut a) = settled();
-        a.wish(T0 + 1);
+        a.wish = Some(T0 + 1);
         assert_eq!(
             decide(&mut s, &mut a, T0 + 1, HOUR, me(A), alive),
-            Step::Fetch { started: T0 + 1, forced: true }
+            Step::Fetch { started: T0 + 1 }
         );
+        assert_eq!(s.last_forced, T0 + 1);
     }
 
     #[test]
@@ -418,14 +402,15 @@ mod tests {
         let (mut s, mut a) = settled();
         let mut b = holding(7);
         let t = T0 + 20 * SEC;
-        a.wish(t);
+        a.wish = Some(t);
         decide(&mut s, &mut a, t, HOUR, me(A), alive);
         record_success(&mut s, t, true, t + 100, 3, HOUR, A);
         s.seq = 8;
         // B asked before it saw set 8 (its poll had not come yet).
-        b.wish(t - 5);
+        b.wish = Some(t - 5);
         assert_eq!(decide(&mut s, &mut b, t + 150, HOUR, me(B), alive), Step::Adopt);
-        b.adopted(8);
+        assert_eq!(b.wish, None);
+        b.held = 8;
         assert!(matches!(decide(&mut s, &mut b, t + 160, HOUR, me(B), alive), Step::Wait { .. }));
     }
 
@@ -449,7 +434,7 @@ mod tests {
 
     #[test]
     fn the_masters_failure_leaves_the_warning_to_a_worker() {
-        let mut s = Shared::default();
+        let mut s = UrlState::default();
         let mut m = Local::default();
         decide(&mut s, &mut m, T0, HOUR, me(A), alive);
         assert_eq!(record_failure(&mut s, T0, HOUR, A, false), Event::Quiet);
@@ -471,7 +456,7 @@ mod tests {
 
     #[test]
     fn a_saved_set_is_used_only_when_the_zone_has_none() {
-        let mut s = Shared::default();
+        let mut s = UrlState::default();
         assert!(offer_saved(&mut s, 100, T0));
         assert_eq!((s.fetched_at, s.next_due), (100, 0));
         s.seq = 1;
@@ -485,7 +470,7 @@ mod tests {
     fn a_worker_of_an_old_configuration_adopts_but_never_fetches() {
         let (mut s, mut a) = settled();
         let old = Me { pid: A, may_fetch: false };
-        a.wish(T0 + 1);
+        a.wish = Some(T0 + 1);
         let due = T0 + 3600 * SEC;
         assert!(matches!(decide(&mut s, &mut a, due, HOUR, old, alive), Step::Wait { .. }));
         s.seq = 8;
@@ -494,7 +479,7 @@ mod tests {
 
     #[test]
     fn a_slow_failure_is_not_retried_before_its_backoff() {
-        let mut s = Shared::default();
+        let mut s = UrlState::default();
         let mut l = Local::default();
         let short = Duration::from_secs(1);
         decide(&mut s, &mut l, T0, short, me(A), alive);
@@ -513,7 +498,8 @@ mod tests {
         let short = Duration::from_secs(1);
         assert!(matches!(
             decide(&mut s, &mut a, T0 + 2 * SEC, short, me(A), alive),
-            Step::Fetch { forced: false, .. }
+            Step::Fetch { .. }
         ));
+        assert_eq!(s.last_forced, 0);
     }
 }

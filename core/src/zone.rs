@@ -1,7 +1,7 @@
 //! The layout of the shared memory zone that makes one nginx instance agree on its keys.
 //!
 //! nginx maps the zone before it forks and keeps it across reloads; this module only sees
-//! the bytes. The zone holds one [`Slot`] per certs URL: the URL, its [`Shared`] refresh
+//! the bytes. The zone holds one [`Slot`] per certs URL: the URL, its [`UrlState`] refresh
 //! state, the newest key set (as the canonical certs JSON of [`crate::KeySet`]) and the
 //! last fetch error. Every slot has its own lock, a process-shared robust pthread mutex:
 //! critical sections are a few copies long; when a holder dies (a worker killed mid-copy)
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::refresh::Shared;
+use crate::refresh::UrlState;
 
 /// Certs URLs one instance can use at once.
 pub const MAX_URLS: usize = 16;
@@ -70,7 +70,7 @@ struct Slot {
 struct SlotData {
     /// 1 while the body or URL is being copied: a holder that dies then leaves it torn.
     writing: u32,
-    state: Shared,
+    state: UrlState,
     url_len: u32,
     body_len: u32,
     /// Keys in the stored set.
@@ -166,11 +166,11 @@ impl Zone {
     /// Sets the zone up unless it already holds this layout (a reload keeps it). Call once,
     /// in the master, before any process uses it. `seed` starts the `seq` numbers (e.g. the
     /// wall clock in nanoseconds), so that a zone created anew never repeats a `seq` a
-    /// process may still hold from an earlier one. Returns whether it was set up anew.
-    pub fn init(&self, seed: u64) -> bool {
+    /// process may still hold from an earlier one.
+    pub fn init(&self, seed: u64) {
         let layout = self.layout();
         if layout.magic.load(Ordering::Acquire) == MAGIC {
-            return false;
+            return;
         }
         for slot in &layout.slots {
             // SAFETY: no other process or thread uses the zone yet (see above): the mutex
@@ -178,13 +178,7 @@ impl Zone {
             unsafe { init_mutex(slot.lock.get()) };
             // SAFETY: as above; the data is plain.
             let data = unsafe { &mut *slot.data.get() };
-            data.writing = 0;
-            slot.published.store(0, Ordering::Relaxed);
-            data.state = Shared::default();
-            data.url_len = 0;
-            data.body_len = 0;
-            data.key_count = 0;
-            data.error_len = 0;
+            data.reset("", &slot.published);
         }
         layout.last_seq.store(seed, Ordering::Relaxed);
         layout.generation.store(0, Ordering::Relaxed);
@@ -193,7 +187,6 @@ impl Zone {
             n.store(0, Ordering::Relaxed);
         }
         layout.magic.store(MAGIC, Ordering::Release);
-        true
     }
 
     /// A new configuration generation (the master, at every start and reload).
@@ -226,6 +219,13 @@ impl Zone {
         self.lock_within(index, LOCK_WAIT)
     }
 
+    /// Locks slot `index` if it still belongs to `url`: `Ok(None)` when the slot went to
+    /// another URL (a newer configuration took it).
+    pub fn lock_url(&self, index: usize, url: &str) -> Result<Option<SlotGuard<'_>>, ZoneError> {
+        let guard = self.lock(index)?;
+        Ok((guard.url() == url).then_some(guard))
+    }
+
     /// Locks slot `index`, waiting at most `wait`.
     pub fn lock_within(&self, index: usize, wait: Duration) -> Result<SlotGuard<'_>, ZoneError> {
         let slot = self.layout().slots.get(index).ok_or(ZoneError::TooManyUrls)?;
@@ -243,12 +243,7 @@ impl Zone {
                 // SAFETY: we hold the lock, so no one else touches the data.
                 let data = unsafe { &mut *slot.data.get() };
                 if data.writing != 0 {
-                    data.writing = 0;
-                    data.body_len = 0;
-                    data.key_count = 0;
-                    data.state.seq = 0;
-                    data.state.next_due = 0;
-                    slot.published.store(0, Ordering::Release);
+                    data.forget_body(&slot.published);
                 }
             }
             libc::ETIMEDOUT => return Err(ZoneError::Busy),
@@ -350,11 +345,11 @@ impl SlotGuard<'_> {
         std::str::from_utf8(bytes).unwrap_or("")
     }
 
-    pub fn state(&self) -> &Shared {
+    pub fn state(&self) -> &UrlState {
         &self.data.state
     }
 
-    pub fn state_mut(&mut self) -> &mut Shared {
+    pub fn state_mut(&mut self) -> &mut UrlState {
         &mut self.data.state
     }
 
@@ -401,24 +396,38 @@ impl SlotGuard<'_> {
 
     /// Gives this slot to `url`, forgetting what it held.
     fn claim(&mut self, url: &str) {
-        self.data.writing = 1;
-        self.data.url[..url.len()].copy_from_slice(url.as_bytes());
-        self.data.url_len = url.len() as u32;
-        self.data.state = Shared::default();
-        self.data.body_len = 0;
-        self.data.key_count = 0;
-        self.data.error_len = 0;
-        self.data.writing = 0;
-        self.slot.published.store(0, Ordering::Release);
+        self.data.reset(url, &self.slot.published);
     }
 
     /// Forgets the stored set so that it is fetched again (it could not be read).
     pub fn discard_body(&mut self) {
-        self.data.body_len = 0;
-        self.data.key_count = 0;
-        self.data.state.seq = 0;
-        self.data.state.next_due = 0;
-        self.slot.published.store(0, Ordering::Release);
+        self.data.forget_body(&self.slot.published);
+    }
+}
+
+impl SlotData {
+    /// The slot as new, for `url` ("": free). `url` fits: [`Zone::assign`] checked it.
+    fn reset(&mut self, url: &str, published: &AtomicU64) {
+        self.writing = 1;
+        let len = url.len().min(URL_CAP);
+        self.url[..len].copy_from_slice(&url.as_bytes()[..len]);
+        self.url_len = len as u32;
+        self.state = UrlState::default();
+        self.body_len = 0;
+        self.key_count = 0;
+        self.error_len = 0;
+        self.writing = 0;
+        published.store(0, Ordering::Release);
+    }
+
+    /// No stored set, and a fetch due at once; the URL and the counters stay.
+    fn forget_body(&mut self, published: &AtomicU64) {
+        self.writing = 0;
+        self.body_len = 0;
+        self.key_count = 0;
+        self.state.seq = 0;
+        self.state.next_due = 0;
+        published.store(0, Ordering::Release);
     }
 }
 
@@ -456,11 +465,13 @@ mod tests {
     fn init_keeps_a_zone_that_is_already_set_up() {
         let mut m = Memory::new();
         let z = m.zone();
-        assert!(z.init(0));
+        z.init(7);
         let i = z.assign(&["https://a/certs"]).unwrap()[0];
         let seq = z.next_seq();
+        assert_eq!(seq, 8, "seq numbers start at the seed");
         z.lock(i).unwrap().set_body(b"{}", 0, seq).unwrap();
-        assert!(!z.init(0), "a reload keeps the zone");
+        z.init(0); // a reload keeps the zone
+        assert_eq!(z.next_seq(), seq + 1);
         let g = z.lock(i).unwrap();
         assert_eq!((g.url(), g.body(), g.state().seq), ("https://a/certs", &b"{}"[..], seq));
         assert_eq!(z.published(i), seq, "readable without the lock");

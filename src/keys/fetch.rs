@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use cf_access_core::jwks::{JwksError, MAX_CERTS_BODY};
 use cf_access_core::redirect::{self, RedirectError};
+use cf_access_core::zone::BODY_CAP;
 use cf_access_core::KeySet;
 use thiserror::Error;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
@@ -31,12 +32,12 @@ pub struct Egress {
     pub roots: Option<Arc<Vec<Certificate<'static>>>>,
 }
 
-/// Who fetches: the master must leave no thread running (none would survive its forks,
+/// Which process fetches: the master must leave no thread running (none would survive its forks,
 /// and one inside the resolver could hold libc's locks across them), so its DNS lookups use
 /// no resolver thread of ureq's and are left to the system resolver's own timeouts. (Its
 /// parallel first fetches run on scoped threads that end before the master goes on.)
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Caller {
+pub enum Role {
     Master,
     Worker,
 }
@@ -51,6 +52,8 @@ pub enum FetchError {
     Status(u16),
     #[error("response larger than {MAX_CERTS_BODY} bytes")]
     TooLarge,
+    #[error("key set of {0} bytes is larger than the shared zone's {BODY_CAP}")]
+    TooLargeForZone(usize),
     #[error("more than {MAX_REDIRECTS} redirects")]
     TooManyRedirects,
     #[error(transparent)]
@@ -134,7 +137,7 @@ impl<T: Transport> Transport for DeadlineTransport<T> {
     }
 }
 
-fn agent(egress: &Egress, caller: Caller, deadline: Instant) -> ureq::Agent {
+fn agent(egress: &Egress, role: Role, deadline: Instant) -> ureq::Agent {
     let remaining = deadline.saturating_duration_since(Instant::now());
     let roots = match &egress.roots {
         Some(certs) => RootCerts::Specific(certs.clone()),
@@ -156,15 +159,15 @@ fn agent(egress: &Egress, caller: Caller, deadline: Instant) -> ureq::Agent {
             .chain(TcpConnector::default())
             .chain(DeadlineConnector(deadline))
             .chain(RustlsConnector::default());
-    match caller {
-        Caller::Worker => ureq::Agent::with_parts(config, connector, DefaultResolver::default()),
-        Caller::Master => ureq::Agent::with_parts(config, connector, InlineResolver::default()),
+    match role {
+        Role::Worker => ureq::Agent::with_parts(config, connector, DefaultResolver::default()),
+        Role::Master => ureq::Agent::with_parts(config, connector, InlineResolver::default()),
     }
 }
 
 /// Fetches and parses the key set at `url`. Blocking, bounded by [`FETCH_DEADLINE`] (DNS in
-/// the master aside, see [`Caller`]).
-pub fn fetch(url: &str, egress: &Egress, caller: Caller) -> Result<KeySet, FetchError> {
+/// the master aside, see [`Role`]).
+pub fn fetch(url: &str, egress: &Egress, role: Role) -> Result<KeySet, FetchError> {
     let deadline = Instant::now() + FETCH_DEADLINE;
     let mut url = url.to_string();
     for _ in 0..=MAX_REDIRECTS {
@@ -173,7 +176,7 @@ pub fn fetch(url: &str, egress: &Egress, caller: Caller) -> Result<KeySet, Fetch
             return Err(FetchError::Deadline);
         }
         let mut response =
-            agent(egress, caller, deadline).get(&url).call().map_err(transport_error)?;
+            agent(egress, role, deadline).get(&url).call().map_err(transport_error)?;
         let status = response.status().as_u16();
         if (300..400).contains(&status) {
             let location = response

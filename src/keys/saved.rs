@@ -12,8 +12,8 @@ use cf_access_core::refresh;
 use cf_access_core::zone::Zone;
 use cf_access_core::KeySet;
 
+use super::round;
 use super::store::KeyStore;
-use super::sync;
 use crate::log::ThreadLog;
 use crate::time::mono_ms;
 
@@ -39,16 +39,15 @@ pub fn offer(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
                 continue;
             }
         };
-        let Some(slot) = store.slot() else { continue };
-        let mut g = match zone.lock(slot) {
-            Ok(g) => g,
+        let mut g = match store.lock(zone) {
+            Ok(Some(g)) => g,
+            Ok(None) => continue,
             Err(e) => {
                 log.warn(format_args!("keys for \"{}\": {e}", store.url));
                 continue;
             }
         };
-        if g.url() != store.url || !refresh::offer_saved(g.state_mut(), entry.fetched_at, mono_ms())
-        {
+        if !refresh::offer_saved(g.state_mut(), entry.fetched_at, mono_ms()) {
             continue;
         }
         let seq = zone.next_seq();
@@ -62,7 +61,7 @@ pub fn offer(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
             store.url,
             path.display()
         ));
-        sync::adopt(zone, store, log);
+        round::adopt(zone, store, log);
     }
 }
 
@@ -70,16 +69,16 @@ pub fn offer(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog
 pub fn write(zone: &Zone, stores: &[Arc<KeyStore>], path: &Path, log: &ThreadLog) {
     let mut sets = BTreeMap::new();
     for store in stores {
-        let Some(slot) = store.slot() else { continue };
-        let g = match zone.lock(slot) {
-            Ok(g) => g,
+        let g = match store.lock(zone) {
+            Ok(Some(g)) => g,
+            Ok(None) => continue,
             Err(e) => {
                 // Writing now would drop this URL's saved set: keep the file as it is.
                 log.warn(format_args!("not writing the key cache \"{}\": {e}", path.display()));
                 return;
             }
         };
-        if g.url() == store.url && g.state().seq != 0 {
+        if g.state().seq != 0 {
             let saved = Saved { fetched_at: g.state().fetched_at, body: g.body().to_vec() };
             sets.insert(store.url.clone(), saved);
         }

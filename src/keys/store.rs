@@ -1,16 +1,22 @@
-//! This process's key set for each certs URL.
+//! This process's key set for each certs URL, and what its requests ask of the refresher.
 //!
 //! Each [`KeyStore`] holds the set this process verifies with in an `ArcSwapOption`: the
-//! request path only loads it (lock-free); the master and the refresher thread swap in a
-//! whole new set, always one the shared zone holds (see `sync.rs`). Stores are shared by
-//! every location that uses the same certs URL and survive reloads (the registry is
-//! process-wide).
+//! request path only loads it (lock-free, [`KeyStore::snapshot`]); the master and the
+//! refresher thread swap in a whole new set, always one the shared zone holds (see
+//! `round.rs`). Stores are shared by every location that uses the same certs URL and
+//! survive reloads (the registry is process-wide).
+//!
+//! The request path never steers the refresher beyond two signals, each a flag and, the
+//! first time, a ring of the [`DOORBELL`]: "adopt now" (the zone holds a newer set than this
+//! process) and "unknown kid" (a wish for a forced refresh, rate limited by the core).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwapOption, Guard};
+use cf_access_core::zone::{SlotGuard, Zone, ZoneError};
 use cf_access_core::KeySet;
 use once_cell::sync::Lazy;
 
@@ -26,14 +32,57 @@ pub struct KeyStore {
     /// reload); `usize::MAX` until then.
     slot: AtomicUsize,
     current: ArcSwapOption<Snapshot>,
-    /// Set by the request path when a token names a `kid` not in the set.
-    refresh_wanted: AtomicBool,
+    /// When a request of this process found a `kid` not in the set (monotonic ms); 0: no
+    /// wish pending. The refresher clears it once a fetch (or an adopted set) answers it.
+    wish: AtomicU64,
+    /// Set by a signal the refresher has not looked at yet.
+    look_now: AtomicBool,
 }
 
 impl KeyStore {
-    /// The current key set; `None` until one is loaded.
-    pub fn current(&self) -> arc_swap::Guard<Option<Arc<Snapshot>>> {
-        self.current.load()
+    /// The set to verify with; `None` until one is loaded. When the zone holds a newer one
+    /// (another process fetched it), the refresher is asked to adopt it now rather than at
+    /// its next look; this request still uses the set in hand.
+    pub fn snapshot(&self, zone: Option<Zone>) -> Guard<Option<Arc<Snapshot>>> {
+        let current = self.current.load();
+        if let (Some(zone), Some(slot)) = (zone, self.slot()) {
+            let published = zone.published(slot);
+            if published != 0 && published != current.as_deref().map_or(0, |s| s.seq) {
+                self.signal();
+            }
+        }
+        current
+    }
+
+    /// A token named a `kid` not in the set at `now` (monotonic ms): perhaps the keys were
+    /// rotated. The refresher forces a refresh (rate limited instance-wide). Non-blocking.
+    pub fn unknown_kid(&self, now: u64) {
+        if self.wish.compare_exchange(0, now.max(1), Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.signal();
+        }
+    }
+
+    /// Has the refresher look at this store now; rings only for the first signal since it
+    /// last looked, so that a flood of requests is one ring.
+    fn signal(&self) {
+        if !self.look_now.swap(true, Ordering::AcqRel) {
+            DOORBELL.ring();
+        }
+    }
+
+    /// For the refresher: whether a signal came since it last looked.
+    pub fn take_signal(&self) -> bool {
+        self.look_now.swap(false, Ordering::AcqRel)
+    }
+
+    /// The pending wish (when it was made), if any.
+    pub fn wish(&self) -> Option<u64> {
+        Some(self.wish.load(Ordering::Acquire)).filter(|w| *w != 0)
+    }
+
+    /// The wish made at `at` is answered; a newer one, made since, stays.
+    pub fn answered(&self, at: u64) {
+        let _ = self.wish.compare_exchange(at, 0, Ordering::AcqRel, Ordering::Acquire);
     }
 
     pub fn has_keys(&self) -> bool {
@@ -62,14 +111,13 @@ impl KeyStore {
         self.slot.store(slot, Ordering::Release);
     }
 
-    /// Notes that a request wants a refresh; returns whether this is the first ask since
-    /// the refresher last looked (then the caller wakes it). Cheap and non-blocking.
-    pub fn want_refresh(&self) -> bool {
-        !self.refresh_wanted.swap(true, Ordering::AcqRel)
-    }
-
-    pub fn take_refresh_wanted(&self) -> bool {
-        self.refresh_wanted.swap(false, Ordering::AcqRel)
+    /// This URL's slot in `zone`, locked: `Ok(None)` before the master assigned one, or when
+    /// the slot went to another URL (a newer configuration took it).
+    pub fn lock<'z>(&self, zone: &'z Zone) -> Result<Option<SlotGuard<'z>>, ZoneError> {
+        match self.slot() {
+            Some(slot) => zone.lock_url(slot, &self.url),
+            None => Ok(None),
+        }
     }
 }
 
@@ -85,8 +133,43 @@ pub fn store_for(url: &str) -> Arc<KeyStore> {
                 url: url.to_string(),
                 slot: AtomicUsize::new(usize::MAX),
                 current: ArcSwapOption::empty(),
-                refresh_wanted: AtomicBool::new(false),
+                wish: AtomicU64::new(0),
+                look_now: AtomicBool::new(false),
             })
         })
         .clone()
+}
+
+/// What wakes the refresher thread: a store's signal, or the worker's exit.
+pub struct Doorbell {
+    /// `true` once the refresher must stop.
+    stop: Mutex<bool>,
+    rung: Condvar,
+}
+
+pub static DOORBELL: Doorbell = Doorbell { stop: Mutex::new(false), rung: Condvar::new() };
+
+impl Doorbell {
+    /// The stop flag, locked; held while the refresher checks the stores' signals, so that a
+    /// ring cannot fall between its check and its wait.
+    pub fn lock(&self) -> MutexGuard<'_, bool> {
+        self.stop.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (with `guard`, from [`Doorbell::lock`]) for a ring, the stop, or `timeout`.
+    pub fn wait<'a>(&self, guard: MutexGuard<'a, bool>, timeout: Duration) -> MutexGuard<'a, bool> {
+        self.rung.wait_timeout(guard, timeout).unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    fn ring(&self) {
+        // Taking the lock orders this notify after the refresher's check of the signals.
+        drop(self.lock());
+        self.rung.notify_one();
+    }
+
+    /// Tells the refresher to stop (`true`), or that it may run (`false`, at its start).
+    pub fn set_stop(&self, stop: bool) {
+        *self.lock() = stop;
+        self.rung.notify_all();
+    }
 }
