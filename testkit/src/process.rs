@@ -5,6 +5,9 @@ use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// Whether `pid` is an existing process that is not a zombie (the module's own test).
+pub use cf_access_core::zone::process_alive;
+
 /// How often [`poll_until`] and [`wait_until`] ask.
 const POLL_EVERY: Duration = Duration::from_millis(50);
 
@@ -76,11 +79,6 @@ fn proc_stat(pid: u32) -> Option<(u32, char)> {
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     Some((ppid, state))
-}
-
-/// Whether `pid` is an existing process that is not a zombie.
-pub fn process_alive(pid: u32) -> bool {
-    matches!(proc_stat(pid), Some((_, state)) if state != 'Z' && state != 'X')
 }
 
 /// All processes whose parent is `ppid`, from `/proc/*/stat`.
