@@ -1,14 +1,17 @@
 //! Hand-written argument parsing for the `cf-access-dev` binary.
 
+use cf_access_dev::{Group, IdentityConfig, IdentityFault};
 use serde_json::Value;
 
 pub const USAGE: &str = "\
-cf-access-dev: a local stand-in for Cloudflare Access (keys, certs endpoint, tokens)
+cf-access-dev: a local stand-in for Cloudflare Access (keys, certs and get-identity, tokens)
 
 USAGE:
     cf-access-dev keygen --out FILE [--force]
     cf-access-dev jwks --key FILE [--key FILE...]
     cf-access-dev serve [--listen ADDR] --key FILE [--key FILE...] [--allow-non-loopback]
+                        [--group NAME...] [--user-group EMAIL=NAME...]
+                        [--identity-delay-ms N] [--identity-fault KIND]
     cf-access-dev mint --key FILE --team TEAM_DOMAIN --aud TAG [--aud TAG...]
                        [--email EMAIL | --service COMMON_NAME] [--ttl SECONDS]
                        [--nbf-offset SECONDS] [--claim NAME=VALUE...] [--no-claim NAME...]
@@ -25,6 +28,12 @@ COMMANDS:
              print the URL (http://ADDR/cdn-cgi/access/certs), run until killed.
              The key files are re-read on every request, so replacing or adding a
              file rotates keys. Non-loopback addresses need --allow-non-loopback.
+             It also answers GET /cdn-cgi/access/get-identity like Cloudflare: for
+             the token in the CF_Authorization cookie, when it is RS256, signed by
+             one of the --key files (by kid) and not expired, the identity JSON
+             (email, user_uuid = the token's sub, the --group groups, fixed idp,
+             geo, amr...; service tokens: service_token_status true, no groups);
+             for any other token, or none, 401 {\"err\":\"invalid token\"}.
     mint     Print an RS256 application token signed by --key (header kid = its kid).
              A user token for --email (default user@example.com), or a service
              token for --service COMMON_NAME (e.g. 0123abcd.access).
@@ -50,6 +59,27 @@ MINT OPTIONS:
     --out FILE           write the token(s) to FILE (created or truncated) instead
                          of standard output
 
+SERVE OPTIONS (get-identity):
+    --group NAME         a group every user is in (repeatable); its id is the first 15
+                         hex chars of SHA-256(NAME), its email NAME lowercased, other
+                         chars than a-z 0-9 . _ - made -, @example.com
+    --user-group EMAIL=NAME
+                         a group of that user only (repeatable); a user with any
+                         --user-group gets those groups instead of the --group ones
+    --identity-delay-ms N
+                         wait N ms before every get-identity answer
+    --identity-fault KIND
+                         misbehave on get-identity (the certs answer as usual):
+                           status:N[:BODY]  status N, BODY (default {\"err\":\"injected\"})
+                           invalid-json     200 with the identity cut in half
+                           oversize[:BYTES] 200 with a valid identity of at least BYTES
+                                            (default 1048576), groups padded
+                           other-user       200 with another user's email and user_uuid
+                           hang             never answer
+                           close            close the connection without answering
+                         (status, hang and close whatever the token; the others for
+                         tokens it accepts, the rest still get their 401)
+
 Options also accept the --name=value form. Exit codes: 0 ok, 1 error, 2 usage error.
 ";
 
@@ -63,7 +93,7 @@ pub enum Command {
     Version,
     Keygen { out: String, force: bool },
     Jwks { keys: Vec<String> },
-    Serve { listen: String, keys: Vec<String>, allow_non_loopback: bool },
+    Serve { listen: String, keys: Vec<String>, allow_non_loopback: bool, identity: IdentityConfig },
     Mint(Mint),
 }
 
@@ -211,6 +241,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
         }
         "serve" => {
             let (mut keys, mut listen, mut allow) = (Vec::new(), None, false);
+            let (mut identity, mut delay, mut fault) = (IdentityConfig::new(), None, None);
             while let Some((name, inline)) = o.next_name()? {
                 match name {
                     "--key" => keys.push(o.value(name, inline)?.to_string()),
@@ -219,20 +250,88 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                         no_value(name, inline)?;
                         allow = true;
                     }
+                    "--group" => identity.groups.push(group(name, o.value(name, inline)?)?),
+                    "--user-group" => {
+                        let v = o.value(name, inline)?;
+                        let Some((email, g)) = v.split_once('=') else {
+                            return err(format!("--user-group wants EMAIL=NAME, got {v:?}"));
+                        };
+                        if email.trim().is_empty() {
+                            return err(format!("--user-group: empty email in {v:?}"));
+                        }
+                        let g = group(name, g)?;
+                        identity
+                            .groups_by_email
+                            .entry(email.trim().to_string())
+                            .or_default()
+                            .push(g);
+                    }
+                    "--identity-delay-ms" => once(&mut delay, name, o.value(name, inline)?)?,
+                    "--identity-fault" => once(&mut fault, name, o.value(name, inline)?)?,
                     _ => return err(format!("serve: unknown option {name}")),
                 }
             }
             if keys.is_empty() {
                 return err("serve: at least one --key FILE is required");
             }
+            if let Some(d) = delay {
+                identity.delay_ms = d.trim().parse().map_err(|_| {
+                    UsageError(format!("--identity-delay-ms: not a number of ms: {d:?}"))
+                })?;
+            }
+            identity.fault = fault.map(|f| identity_fault(&f)).transpose()?;
             Ok(Command::Serve {
                 listen: listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
                 keys,
                 allow_non_loopback: allow,
+                identity,
             })
         }
         "mint" => parse_mint(&mut o).map(Command::Mint),
         other => err(format!("unknown command {other:?}")),
+    }
+}
+
+/// The group `--group NAME` / `--user-group EMAIL=NAME` names.
+fn group(option: &str, name: &str) -> Result<Group, UsageError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return err(format!("{option}: empty group name"));
+    }
+    Ok(Group::named(name))
+}
+
+/// The default body of `--identity-fault status:N`.
+pub const FAULT_BODY: &str = r#"{"err":"injected"}"#;
+/// The default size of `--identity-fault oversize`.
+pub const OVERSIZE_BYTES: usize = 1 << 20;
+
+/// `--identity-fault KIND`: `status:N[:BODY]`, `invalid-json`, `oversize[:BYTES]`,
+/// `other-user`, `hang`, `close`.
+pub fn identity_fault(kind: &str) -> Result<IdentityFault, UsageError> {
+    let (word, arg) = match kind.split_once(':') {
+        Some((w, a)) => (w, Some(a)),
+        None => (kind, None),
+    };
+    let bad = || UsageError(format!("--identity-fault: unknown or malformed KIND {kind:?}"));
+    match (word, arg) {
+        ("status", Some(a)) => {
+            let (code, body) = a.split_once(':').unwrap_or((a, FAULT_BODY));
+            match code.parse::<u16>() {
+                Ok(c) if (100..=599).contains(&c) => Ok(IdentityFault::Status(c, body.into())),
+                _ => err(format!("--identity-fault status:N: not a status 100-599: {code:?}")),
+            }
+        }
+        ("oversize", None) => Ok(IdentityFault::Oversize(OVERSIZE_BYTES)),
+        ("oversize", Some(a)) => match a.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(IdentityFault::Oversize(n)),
+            _ => err(format!("--identity-fault oversize:BYTES: not a positive size: {a:?}")),
+        },
+        ("invalid-json", None) => Ok(IdentityFault::InvalidJson),
+        ("other-user", None) => Ok(IdentityFault::OtherUser),
+        ("hang", None) => Ok(IdentityFault::Hang),
+        ("close", None) => Ok(IdentityFault::Close),
+        _ => Err(bad()),
     }
 }
 
@@ -412,7 +511,8 @@ mod tests {
             Ok(Command::Serve {
                 listen: DEFAULT_LISTEN.into(),
                 keys: vec!["a".into()],
-                allow_non_loopback: false
+                allow_non_loopback: false,
+                identity: IdentityConfig::default(),
             })
         );
         assert_eq!(
@@ -420,9 +520,70 @@ mod tests {
             Ok(Command::Serve {
                 listen: "0.0.0.0:9".into(),
                 keys: vec!["a".into(), "b".into()],
-                allow_non_loopback: true
+                allow_non_loopback: true,
+                identity: IdentityConfig::default(),
             })
         );
+    }
+
+    /// The identity configuration of a `serve` command line.
+    fn serve_identity(args: &str) -> Result<IdentityConfig, UsageError> {
+        match p(&format!("serve --key k {args}"))? {
+            Command::Serve { identity, .. } => Ok(identity),
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_identity_options() {
+        let c = serve_identity(
+            "--group Eng --group=FinanceTeam --user-group a@example.com=Ops \
+             --user-group=a@example.com=Eng --identity-delay-ms 250",
+        )
+        .unwrap();
+        assert_eq!(c.groups, vec![Group::named("Eng"), Group::named("FinanceTeam")]);
+        assert_eq!(c.groups[1].email, "financeteam@example.com");
+        assert_eq!(c.groups_of("a@example.com"), [Group::named("Ops"), Group::named("Eng")]);
+        assert_eq!(c.groups_of("b@example.com"), c.groups.as_slice());
+        assert_eq!((c.delay_ms, c.fault), (250, None));
+
+        for (kind, fault) in [
+            ("status:503", IdentityFault::Status(503, FAULT_BODY.into())),
+            ("status:500:oops", IdentityFault::Status(500, "oops".into())),
+            ("status:502:{\"a\":1}", IdentityFault::Status(502, r#"{"a":1}"#.into())),
+            ("invalid-json", IdentityFault::InvalidJson),
+            ("oversize", IdentityFault::Oversize(OVERSIZE_BYTES)),
+            ("oversize:70000", IdentityFault::Oversize(70000)),
+            ("other-user", IdentityFault::OtherUser),
+            ("hang", IdentityFault::Hang),
+            ("close", IdentityFault::Close),
+        ] {
+            assert_eq!(identity_fault(kind), Ok(fault.clone()), "{kind}");
+            let c = serve_identity(&format!("--identity-fault={kind}")).unwrap();
+            assert_eq!(c.fault, Some(fault), "{kind}");
+        }
+        for bad in [
+            "--group",
+            "--group=",
+            "--user-group nobody",
+            "--user-group =Eng",
+            "--user-group a@b=",
+            "--identity-delay-ms soon",
+            "--identity-delay-ms -1",
+            "--identity-delay-ms 1 --identity-delay-ms 2",
+            "--identity-fault",
+            "--identity-fault status",
+            "--identity-fault status:",
+            "--identity-fault status:99",
+            "--identity-fault status:600",
+            "--identity-fault oversize:0",
+            "--identity-fault oversize:big",
+            "--identity-fault hang:1",
+            "--identity-fault teapot",
+            "--identity-fault hang --identity-fault close",
+        ] {
+            assert!(serve_identity(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

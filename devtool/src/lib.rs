@@ -8,6 +8,10 @@
 //! * [`CertsServer`]: a loopback HTTP/1.1 server that serves the certs JSON
 //!   (or misbehaves on request: errors, hangs, slow or raw answers,
 //!   redirects, never-ending or stalled answers, non-HTTP answers).
+//!   It also stands in for `/cdn-cgi/access/get-identity`: the identity
+//!   (email, `user_uuid`, SSO groups) of the user whose token, signed with
+//!   one of its keys, is in the `CF_Authorization` cookie; configured, and
+//!   broken on request, with [`IdentityConfig`] ([`Group`], [`IdentityFault`]).
 //! * [`ConnectProxy`]: a loopback `CONNECT`-only forward proxy that only
 //!   tunnels to loopback targets.
 //! * [`TlsCertsServer`]: the same server (every [`Behavior`]) over HTTPS on
@@ -23,12 +27,17 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+mod identity;
 mod listener;
 mod proxy;
 mod server;
 mod tls;
 mod x509;
 
+pub use identity::{
+    Group, IdentityConfig, IdentityFault, COOKIE_NAME, IDENTITY_PATH, OTHER_USER_EMAIL,
+    OTHER_USER_UUID,
+};
 pub use proxy::ConnectProxy;
 pub use server::{Behavior, CertsServer};
 pub use tls::TlsCertsServer;

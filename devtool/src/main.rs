@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cf_access_dev::{certs_json, mint, now, Behavior, CertsServer, KeyPair};
+use cf_access_dev::{certs_json, mint, now, Behavior, CertsServer, IdentityConfig, KeyPair};
 use cli::{Batch, Command, Mint, USAGE};
 
 fn main() -> ExitCode {
@@ -68,8 +68,8 @@ fn run(cmd: Command) -> Result<(), Failure> {
             println!("{}", key.kid());
         }
         Command::Jwks { keys } => println!("{}", load_certs_json(&keys)?),
-        Command::Serve { listen, keys, allow_non_loopback } => {
-            serve(&listen, keys, allow_non_loopback)?
+        Command::Serve { listen, keys, allow_non_loopback, identity } => {
+            serve(&listen, keys, allow_non_loopback, identity)?
         }
         Command::Mint(m) => {
             let key = load_key(&m.key)?;
@@ -222,7 +222,13 @@ fn write_private(path: &str, data: &[u8], force: bool) -> std::io::Result<()> {
     f.sync_all()
 }
 
-fn serve(listen: &str, keys: Vec<String>, allow_non_loopback: bool) -> Result<(), Failure> {
+/// Serves the certs (and get-identity, as `identity` says) until killed.
+fn serve(
+    listen: &str,
+    keys: Vec<String>,
+    allow_non_loopback: bool,
+    identity: IdentityConfig,
+) -> Result<(), Failure> {
     let addrs: Vec<SocketAddr> = listen
         .to_socket_addrs()
         .map_err(|e| Failure::Usage(format!("--listen {listen:?}: {e}")))?
@@ -247,6 +253,7 @@ fn serve(listen: &str, keys: Vec<String>, allow_non_loopback: bool) -> Result<()
         }
     })
     .map_err(|e| format!("listen on {addr}: {e}"))?;
+    server.set_identity(identity);
     println!("{}", server.url());
     let _ = std::io::stdout().flush();
     loop {

@@ -1,4 +1,5 @@
-//! A loopback HTTP/1.1 server standing in for `/cdn-cgi/access/certs`.
+//! A loopback HTTP/1.1 server standing in for `/cdn-cgi/access/certs` (and, see
+//! [`identity`](crate::identity), `/cdn-cgi/access/get-identity`).
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -7,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::identity::{self, IdentityConfig, IdentityState, Reply};
 use crate::listener::{lock, Conns, Listener, Served};
 use crate::{certs_json, KeyPair};
 
@@ -53,7 +55,9 @@ pub enum Behavior {
     /// These bytes verbatim, then close, as soon as the client has sent
     /// anything at all, without waiting for a request head: a peer that
     /// does not speak the client's protocol (plain HTTP answering a TLS
-    /// ClientHello). Counts as a hit when it answers.
+    /// ClientHello). Counts as a hit when it answers. A connection whose
+    /// first bytes start a `GET /cdn-cgi/access/get-identity` is the
+    /// exception: it is read on and answered by the identity stand-in.
     Garbage(Vec<u8>),
 }
 
@@ -101,6 +105,8 @@ enum Source {
 struct Shared {
     source: Mutex<Source>,
     hits: AtomicUsize,
+    /// `/cdn-cgi/access/get-identity`: its configuration, key set and counters.
+    identity: IdentityState,
     /// How each accepted socket is turned into a connection (TLS), if it is.
     wrap: Option<Wrap>,
     conns: Conns,
@@ -129,6 +135,14 @@ impl Shared {
 /// A loopback HTTP/1.1 server answering every path (and method) with the
 /// current [`Behavior`], one thread per connection, `Connection: close`.
 /// Dropping it stops the accept loop and every connection thread promptly.
+///
+/// The exception is `GET /cdn-cgi/access/get-identity` (any query string):
+/// Cloudflare's get-identity, answered as set with
+/// [`set_identity`](Self::set_identity) ([`IdentityConfig`]), whatever the
+/// [`Behavior`]. Tokens are verified with the key set most recently served
+/// as certs JSON with a `keys` array (a [`Behavior::Json`] or
+/// [`Behavior::Slow`] body, given at start, to [`set`](Self::set), or
+/// returned by the dynamic handler): setting a fault keeps the keys.
 pub struct CertsServer {
     listener: Listener<Shared>,
 }
@@ -166,9 +180,14 @@ impl CertsServer {
     }
 
     fn start_on(listen: SocketAddr, source: Source, wrap: Option<Wrap>) -> io::Result<CertsServer> {
+        let identity = IdentityState::default();
+        if let Source::Fixed(b) = &source {
+            identity.learn_keys(b);
+        }
         let shared = Arc::new(Shared {
             source: Mutex::new(source),
             hits: AtomicUsize::new(0),
+            identity,
             wrap,
             conns: Conns::default(),
         });
@@ -199,6 +218,7 @@ impl CertsServer {
 
     /// Takes effect for the next request.
     pub fn set(&self, b: Behavior) {
+        self.shared().identity.learn_keys(&b);
         *lock(&self.shared().source) = Source::Fixed(b);
     }
 
@@ -208,9 +228,37 @@ impl CertsServer {
     }
 
     /// Requests received so far (complete request heads, whatever the answer;
-    /// for [`Behavior::Garbage`], connections that sent anything).
+    /// for [`Behavior::Garbage`], connections that sent anything), except
+    /// get-identity requests (see [`identity_hits`](Self::identity_hits)).
     pub fn hits(&self) -> usize {
         self.shared().hits.load(Ordering::SeqCst)
+    }
+
+    /// `http://127.0.0.1:PORT/cdn-cgi/access/get-identity`
+    pub fn identity_url(&self) -> String {
+        format!("http://{}{}", self.addr(), identity::IDENTITY_PATH)
+    }
+
+    /// What get-identity answers from the next request on.
+    pub fn set_identity(&self, config: IdentityConfig) {
+        self.shared().identity.set_config(config);
+    }
+
+    /// The current get-identity configuration (to change one field of it).
+    pub fn identity(&self) -> IdentityConfig {
+        self.shared().identity.config()
+    }
+
+    /// get-identity requests received so far (complete request heads,
+    /// whatever the answer).
+    pub fn identity_hits(&self) -> usize {
+        self.shared().identity.hits()
+    }
+
+    /// get-identity requests received so far whose `CF_Authorization` token
+    /// verified and has this `email` (exactly), whatever the answer.
+    pub fn identity_hits_for(&self, email: &str) -> usize {
+        self.shared().identity.hits_for(email)
     }
 
     /// Starts on `127.0.0.1:0` answering every request with
@@ -319,7 +367,7 @@ pub(crate) fn reason(code: u16) -> &'static str {
     }
 }
 
-fn response(code: u16, content_type: &str, body: &str) -> Vec<u8> {
+pub(crate) fn response(code: u16, content_type: &str, body: &str) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         reason(code),
@@ -330,7 +378,7 @@ fn response(code: u16, content_type: &str, body: &str) -> Vec<u8> {
     out
 }
 
-fn content_type_for(body: &str) -> &'static str {
+pub(crate) fn content_type_for(body: &str) -> &'static str {
     match body.trim_start().as_bytes().first() {
         Some(b'{') | Some(b'[') => "application/json",
         _ => "text/plain; charset=utf-8",
@@ -378,18 +426,23 @@ fn handle(stream: &mut dyn Conn, shared: &Shared, deadline: Instant) -> io::Resu
     }
     let behavior = shared.behavior();
     if let Behavior::Garbage(bytes) = &behavior {
-        shared.hits.fetch_add(1, Ordering::SeqCst);
-        stream.write_all(bytes)?;
-        stream.flush()?;
-        return close(stream);
+        if !identity_ahead(stream, shared, deadline, &mut first) {
+            shared.hits.fetch_add(1, Ordering::SeqCst);
+            stream.write_all(bytes)?;
+            stream.flush()?;
+            return close(stream);
+        }
     }
-    match read_head(stream, shared, deadline, first) {
-        Ok(Some(_head)) => {}
+    let head = match read_head(stream, shared, deadline, first) {
+        Ok(Some(head)) => head,
         Ok(None) => return Ok(()),
         Err(_) => {
             let _ = stream.write_all(&response(431, "text/plain", "request head too large\n"));
             return close(stream);
         }
+    };
+    if identity::is_identity_request(&head) {
+        return answer_identity(stream, shared, &head, &behavior);
     }
     shared.hits.fetch_add(1, Ordering::SeqCst);
 
@@ -434,6 +487,51 @@ fn handle(stream: &mut dyn Conn, shared: &Shared, deadline: Instant) -> io::Resu
     stream.write_all(&out)?;
     stream.flush()?;
     close(stream)
+}
+
+/// Whether the connection starting with `first` asks for get-identity,
+/// reading on (into `first`) until that can be told. `false` if the client
+/// went away, took until `deadline`, or the server is stopping first.
+fn identity_ahead(
+    stream: &mut dyn Conn,
+    shared: &Shared,
+    deadline: Instant,
+    first: &mut Vec<u8>,
+) -> bool {
+    loop {
+        match identity::starts_identity_request(first) {
+            Some(yes) => return yes,
+            None if !read_more(stream, shared, deadline, first) => return false,
+            None => {}
+        }
+    }
+}
+
+/// Answers a get-identity request (its complete `head`); `behavior` is the
+/// certs behavior of the moment (a dynamic handler's answer brings its keys).
+fn answer_identity(
+    stream: &mut dyn Conn,
+    shared: &Shared,
+    head: &[u8],
+    behavior: &Behavior,
+) -> io::Result<()> {
+    shared.identity.learn_keys(behavior);
+    let (delay, reply) = shared.identity.plan(head, crate::now());
+    if !sleep_unless_stopped(delay, shared) {
+        return Ok(());
+    }
+    match reply {
+        Reply::Bytes(out) => {
+            stream.write_all(&out)?;
+            stream.flush()?;
+            close(stream)
+        }
+        Reply::Hang => {
+            hold(stream, shared);
+            Ok(())
+        }
+        Reply::Close => close(stream),
+    }
 }
 
 /// Keeps the connection open without answering until the client closes it
