@@ -51,13 +51,19 @@ const fn command(name: ngx_str_t, flags: u32, set: SetFn) -> ngx_command_t {
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 13] = [
+pub static mut COMMANDS: [ngx_command_t; 15] = [
     command(ngx_string!("cf_access"), ANY_LEVEL | NGX_CONF_TAKE1, set_mode),
     command(ngx_string!("cf_access_team_domain"), ANY_LEVEL | NGX_CONF_TAKE1, set_team_domain),
     command(ngx_string!("cf_access_aud"), ANY_LEVEL | NGX_CONF_1MORE, set_audiences),
     command(ngx_string!("cf_access_certs_url"), ANY_LEVEL | NGX_CONF_TAKE1, set_certs_url),
     command(ngx_string!("cf_access_leeway"), ANY_LEVEL | NGX_CONF_TAKE1, set_leeway),
     command(ngx_string!("cf_access_require"), ANY_LEVEL | NGX_CONF_1MORE, set_require),
+    command(ngx_string!("cf_access_identity"), ANY_LEVEL | NGX_CONF_TAKE1, set_identity),
+    command(
+        ngx_string!("cf_access_identity_failure"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_identity_failure,
+    ),
     command(ngx_string!("cf_access_refresh"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_refresh),
     command(
         ngx_string!("cf_access_cache_size"),
@@ -150,6 +156,31 @@ impl ModeSetting {
     }
 }
 
+/// `cf_access_identity <uri> | off;`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySetting {
+    Off,
+    /// The internal location get-identity is fetched through.
+    Uri(String),
+}
+
+/// `cf_access_identity_failure deny | allow;`: what a request whose identity could not be
+/// had gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityFailure {
+    /// Refused (`identity_unavailable`).
+    Deny,
+    /// Let through without the identity variables (the `cf_access_require` rules still run).
+    Allow,
+}
+
+/// Where a location fetches the identity, and what a failure means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConf {
+    pub uri: String,
+    pub failure: IdentityFailure,
+}
+
 /// One `cf_access_require` directive: its values, the status for a failure, where it is.
 pub struct Require {
     pub values: Vec<*mut ngx_http_complex_value_t>,
@@ -168,6 +199,8 @@ pub struct LocConf {
     pub leeway: Option<u64>,
     /// The `cf_access_require` rules of the innermost level that has any.
     pub requires: Option<Rc<Vec<Require>>>,
+    pub identity: Option<IdentitySetting>,
+    pub identity_failure: Option<IdentityFailure>,
     /// Filled by merge when the location is `on` or `report`.
     pub verifier: Option<Rc<Verifier>>,
 }
@@ -179,14 +212,17 @@ pub struct Verifier {
     pub policy: Policy,
     pub store: Arc<KeyStore>,
     pub requires: Option<Rc<Vec<Require>>>,
+    /// Set where user tokens' identities are fetched (`cf_access_identity`).
+    pub identity: Option<IdentityConf>,
 }
 
 impl Verifier {
     /// Whether a verdict reached with `self` holds for `other` as it is (e.g. a server-level
     /// verdict for a location that inherited everything, or the location before an internal
-    /// redirect), in the same mode: the same token check and rules.
+    /// redirect), in the same mode: the same token check, identity and rules.
     pub fn same_check(&self, other: &Verifier) -> bool {
         self.same_token_check(other)
+            && self.identity == other.identity
             && match (&self.requires, &other.requires) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Rc::ptr_eq(a, b),
@@ -410,6 +446,32 @@ setter!(
     }
 );
 
+setter!(
+    /// `cf_access_identity <uri> | off;`: the internal location that answers get-identity.
+    set_identity, LocConf, |d, conf| {
+        let setting = match d.arg().as_bytes() {
+            b"off" => IdentitySetting::Off,
+            arg => match config::identity_uri(arg) {
+                Some(uri) => IdentitySetting::Uri(uri.to_string()),
+                None => return d.invalid(d.arg(), ", it must be a URI (\"/...\") or \"off\""),
+            },
+        };
+        d.store(&mut conf.identity, Some(setting))
+    }
+);
+
+setter!(
+    /// `cf_access_identity_failure deny | allow;`
+    set_identity_failure, LocConf, |d, conf| {
+        let failure = match d.arg().as_bytes() {
+            b"deny" => IdentityFailure::Deny,
+            b"allow" => IdentityFailure::Allow,
+            _ => return d.invalid(d.arg(), ", it must be \"deny\" or \"allow\""),
+        };
+        d.store(&mut conf.identity_failure, Some(failure))
+    }
+);
+
 /// Compiles `value` (which may hold variables) into a complex value in the cycle's pool;
 /// nginx logs what is wrong with it.
 fn compile(cf: *mut ngx_conf_t, value: &ngx_str_t) -> Option<*mut ngx_http_complex_value_t> {
@@ -511,6 +573,8 @@ impl LocConf {
         inherit(&mut self.certs_url, &prev.certs_url);
         inherit(&mut self.leeway, &prev.leeway);
         inherit(&mut self.requires, &prev.requires);
+        inherit(&mut self.identity, &prev.identity);
+        inherit(&mut self.identity_failure, &prev.identity_failure);
 
         let mode = self.mode.unwrap_or(ModeSetting::Fixed(Mode::Off));
         if !mode.may_check() {
@@ -530,6 +594,13 @@ impl LocConf {
             policy: Policy::new(team, audiences, self.leeway.unwrap_or(DEFAULT_LEEWAY)),
             store,
             requires: self.requires.clone(),
+            identity: match &self.identity {
+                Some(IdentitySetting::Uri(uri)) => Some(IdentityConf {
+                    uri: uri.clone(),
+                    failure: self.identity_failure.unwrap_or(IdentityFailure::Deny),
+                }),
+                _ => None,
+            },
         };
         self.verifier = match &prev.verifier {
             Some(parent) if parent.mode == mode && parent.same_check(&verifier) => {

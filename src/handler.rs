@@ -1,5 +1,6 @@
 //! The rewrite and access phase handlers: they enforce the request's verdict
-//! (`verdict.rs`) where nginx's `satisfy` and subrequest rules say it applies.
+//! (`verdict.rs`) where nginx's `satisfy` and subrequest rules say it applies, once its
+//! identity is settled (`identity.rs`; the request waits for it).
 
 use cf_access_core::Status;
 use ngx::core::Status as NgxStatus;
@@ -10,10 +11,17 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule, Request};
 
 use crate::conf::{Mode, Verifier};
+use crate::identity::{self, Progress};
 use crate::verdict::{mode, verdict, verifier, RequestCtx};
 
-/// What a phase handler returns for a verdict: go on, or the status to deny with.
-fn enforce(ctx: &RequestCtx) -> ngx_int_t {
+/// What a phase handler returns for a verdict: go on, the status to deny with, or `wait`
+/// while the request waits for its identity.
+fn enforce(r: &Request, ctx: &RequestCtx, wait: NgxStatus) -> ngx_int_t {
+    if !ctx.judged.get() {
+        if let Progress::Wait = identity::resolve(r, ctx) {
+            return wait.into();
+        }
+    }
     if ctx.mode == Mode::Report {
         return NgxStatus::NGX_DECLINED.into();
     }
@@ -59,6 +67,10 @@ pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_
     let Some(verifier) = verifier(r) else {
         return NgxStatus::NGX_DECLINED.into();
     };
+    if identity::fetch_of(r).is_some() {
+        // The module's own get-identity subrequest, for a request it verified.
+        return NgxStatus::NGX_DECLINED.into();
+    }
     let satisfy_all = NgxHttpCoreModule::location_conf(r)
         .is_some_and(|clcf| clcf.satisfy == NGX_HTTP_SATISFY_ALL as ngx::ffi::ngx_uint_t);
     if !satisfy_all && r.is_main() {
@@ -71,7 +83,8 @@ pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_
     let Some(ctx) = verdict(r, verifier, mode) else {
         return NgxStatus::NGX_ERROR.into();
     };
-    let rc = enforce(ctx);
+    // The rewrite phase's checker ends the phases on NGX_DONE without finalizing.
+    let rc = enforce(r, ctx, NgxStatus::NGX_DONE);
     if rc == ngx_int_t::from(NgxStatus::NGX_OK) {
         // Allowed: the access phase (for a main request) says so again.
         return NgxStatus::NGX_DECLINED.into();
@@ -94,7 +107,7 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
         Err(rc) => return rc,
     };
     match verdict(r, verifier, mode) {
-        Some(ctx) => enforce(ctx),
+        Some(ctx) => enforce(r, ctx, NgxStatus::NGX_AGAIN),
         None => NgxStatus::NGX_ERROR.into(),
     }
 }

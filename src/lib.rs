@@ -20,6 +20,7 @@ use cf_access_core::zone::MAX_URLS;
 
 mod conf;
 mod handler;
+mod identity;
 mod keys;
 mod lifecycle;
 mod log;

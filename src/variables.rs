@@ -6,10 +6,15 @@
 //! request (or, for a subrequest, its main request) already has. Unverified requests get
 //! empty identity values: nothing a client sent is ever reflected. Claim values have control
 //! characters replaced, so they cannot split a header when passed on.
+//!
+//! The get-identity variables (`$cf_access_groups`, `$cf_access_identity_<field>`, ...) have
+//! their values once the identity is settled, in the access phase; `$cf_access_token` has
+//! one only in the module's own get-identity subrequest.
 
 use std::borrow::Cow;
 
 use cf_access_core::claim;
+use cf_access_core::identity::Identity;
 use ngx::core::Status as NgxStatus;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_t, ngx_int_t,
@@ -17,6 +22,7 @@ use ngx::ffi::{
 };
 use ngx::http::Request;
 
+use crate::identity;
 use crate::verdict::{self, RequestCtx};
 
 /// How a variable reads its value from a request's verdict; `name` is the full variable
@@ -31,8 +37,14 @@ struct Var {
 
 const CLAIM_PREFIX: &str = "cf_access_claim_";
 const CUSTOM_PREFIX: &str = "cf_access_custom_";
+const IDENTITY_PREFIX: &str = "cf_access_identity_";
 
-static VARIABLES: [Var; 8] = [
+/// A value of the identity, once had.
+fn of_identity<'a>(c: &RequestCtx, value: impl Fn(&Identity) -> String) -> Option<Cow<'a, str>> {
+    c.identity.borrow().identity().map(|identity| Cow::Owned(value(identity)))
+}
+
+static VARIABLES: [Var; 12] = [
     Var {
         name: "cf_access_email",
         prefix: false,
@@ -79,7 +91,32 @@ static VARIABLES: [Var; 8] = [
             claim::lookup(c.verified.as_ref()?.claims_map(), true, claim).map(Cow::Owned)
         },
     },
+    Var {
+        name: "cf_access_groups",
+        prefix: false,
+        get: |c, _| of_identity(c, |i| i.group_names().to_string()),
+    },
+    Var {
+        name: "cf_access_group_ids",
+        prefix: false,
+        get: |c, _| of_identity(c, |i| i.group_ids().to_string()),
+    },
+    Var {
+        name: "cf_access_group_emails",
+        prefix: false,
+        get: |c, _| of_identity(c, |i| i.group_emails().to_string()),
+    },
+    Var {
+        name: IDENTITY_PREFIX,
+        prefix: true,
+        get: |c, name| {
+            let field = name.strip_prefix(IDENTITY_PREFIX)?;
+            c.identity.borrow().identity()?.field(field).map(Cow::Owned)
+        },
+    },
 ];
+
+const TOKEN: &str = "cf_access_token";
 
 /// Registers the variables (preconfiguration).
 pub fn add(cf: *mut ngx_conf_t) -> NgxStatus {
@@ -103,7 +140,28 @@ pub fn add(cf: *mut ngx_conf_t) -> NgxStatus {
             (*v).data = index;
         }
     }
+    let mut name = ngx_str_t { len: TOKEN.len(), data: TOKEN.as_ptr() as *mut u8 };
+    // SAFETY: as above.
+    let v = unsafe { ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as _) };
+    if v.is_null() {
+        return NgxStatus::NGX_ERROR;
+    }
+    // SAFETY: ngx_http_add_variable returned a valid variable.
+    unsafe { (*v).get_handler = Some(get_token) };
     NgxStatus::NGX_OK
+}
+
+/// `$cf_access_token`: the verified token, in the module's own get-identity subrequest only
+/// (for its `Cookie: CF_Authorization=...`); empty everywhere else.
+unsafe extern "C" fn get_token(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a valid request and value slot.
+    let (r, v) = unsafe { (Request::from_ngx_http_request(r), &mut *v) };
+    let token = identity::fetch_of(r).and_then(|f| f.token());
+    set_value(r, v, token.map(Cow::Borrowed))
 }
 
 fn set_value(r: &Request, v: &mut ngx_variable_value_t, value: Option<Cow<'_, str>>) -> ngx_int_t {

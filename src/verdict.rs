@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::{mem, ptr};
 
 use cf_access_core::decide::{self, Check, Decision};
+use cf_access_core::identity::{Lookup, Session};
 use cf_access_core::{Status, TokenCache, Verified, VerifyError};
 use ngx::core::Status as NgxStatus;
 use ngx::ffi::{
@@ -21,7 +22,7 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, Request};
 
-use crate::conf::{Mode, ModeSetting, Verifier};
+use crate::conf::{IdentityFailure, Mode, ModeSetting, Verifier};
 use crate::{time, zone, Module};
 
 /// One request's verdict under one location's settings, in the request's pool.
@@ -38,6 +39,11 @@ pub struct RequestCtx {
     pub deny_with: Cell<u16>,
     /// Why the token itself was refused, before any `cf_access_require` rule ran.
     refused: Option<VerifyError>,
+    /// The user's identity from get-identity (`cf_access_identity`), or where it is.
+    pub identity: RefCell<Lookup>,
+    /// Whether the verdict is final: the token's refusal logged, or the identity settled
+    /// and the `cf_access_require` rules run.
+    pub judged: Cell<bool>,
     /// The request the verdict belongs to: found again by it after an internal redirect,
     /// never by a subrequest (which shares the pool).
     owner: *const ngx_http_request_t,
@@ -50,6 +56,7 @@ impl RequestCtx {
         mode: Mode,
         verified: Option<Arc<Verified>>,
         refused: Option<VerifyError>,
+        identity: Lookup,
     ) -> RequestCtx {
         let status = refused.as_ref().map_or(Status::Ok, VerifyError::status);
         RequestCtx {
@@ -59,6 +66,8 @@ impl RequestCtx {
             mode,
             deny_with: 403.into(),
             refused,
+            identity: identity.into(),
+            judged: false.into(),
             owner: r.as_ref(),
         }
     }
@@ -262,10 +271,20 @@ fn record<'r>(
     mode: Mode,
     decision: Decision,
 ) -> Option<&'r RequestCtx> {
-    let ctx =
-        RequestCtx::set(r, RequestCtx::new(r, verifier, mode, decision.verified, decision.error))?;
-    judge(r, ctx, verifier);
+    let identity = wanted(r, verifier, decision.verified.as_ref());
+    let ctx = RequestCtx::new(r, verifier, mode, decision.verified, decision.error, identity);
+    let ctx = RequestCtx::set(r, ctx)?;
+    judge_once(r, ctx, false);
     Some(ctx)
+}
+
+/// Whether `r` is to get the identity of its verified token under `verifier`: a main
+/// request, with a user token, where `cf_access_identity` is set.
+fn wanted(r: &Request, verifier: &Verifier, verified: Option<&Arc<Verified>>) -> Lookup {
+    match verified.and_then(|v| Session::of(v)) {
+        Some(session) if verifier.identity.is_some() && r.is_main() => Lookup::Wanted(session),
+        _ => Lookup::NotWanted,
+    }
 }
 
 /// The token's verdict from `prev` (another location's, before an internal redirect, with
@@ -277,25 +296,64 @@ fn rejudge<'r>(
     verifier: &Rc<Verifier>,
     mode: Mode,
 ) -> Option<&'r RequestCtx> {
-    let ctx = RequestCtx::set(
-        r,
-        RequestCtx::new(r, verifier, mode, prev.verified.clone(), prev.refused.clone()),
-    )?;
-    if ctx.refused.is_none() || prev.mode != mode {
-        // The rules are this location's; a refusal already logged in the same mode is not
-        // logged again (one line per refused request).
-        judge(r, ctx, verifier);
-    }
+    // An identity had (or not) under the same `cf_access_identity` settings is kept.
+    let identity = match &*prev.identity.borrow() {
+        settled @ (Lookup::Ready(_) | Lookup::Unavailable(_))
+            if prev.verifier.identity == verifier.identity =>
+        {
+            settled.clone()
+        }
+        _ => wanted(r, verifier, prev.verified.as_ref()),
+    };
+    let ctx =
+        RequestCtx::new(r, verifier, mode, prev.verified.clone(), prev.refused.clone(), identity);
+    let ctx = RequestCtx::set(r, ctx)?;
+    // The rules are this location's; a refusal already logged in the same mode is not
+    // logged again (one line per refused request).
+    let logged = prev.mode == mode && !matches!(prev.status.get(), Status::Ok | Status::NotAllowed);
+    judge_once(r, ctx, logged);
     Some(ctx)
 }
 
-/// A recorded verdict's one log line if the token was refused, else the `cf_access_require`
-/// rules.
-fn judge(r: &Request, ctx: &RequestCtx, verifier: &Verifier) {
-    match &ctx.refused {
-        Some(e) => log_denial(r, ctx.mode, e.status(), &e.to_string()),
-        None => check_requires(r, ctx, verifier),
+/// Makes `ctx`'s verdict final once its identity is settled (see `identity::resolve`).
+pub fn judge(r: &Request, ctx: &RequestCtx) {
+    judge_once(r, ctx, false);
+}
+
+/// A recorded verdict made final, once: the token's refusal logged, or, once the identity is
+/// settled, `identity_unavailable` (under `cf_access_identity_failure deny`) or the
+/// `cf_access_require` rules. `logged`: the refusal was logged already (not again).
+fn judge_once(r: &Request, ctx: &RequestCtx, logged: bool) {
+    if ctx.judged.get() || ctx.identity.borrow().is_pending() {
+        return;
     }
+    ctx.judged.set(true);
+    if let Some(e) = &ctx.refused {
+        if !logged {
+            log_denial(r, ctx.mode, e.status(), &e.to_string());
+        }
+        return;
+    }
+    if let Lookup::Unavailable(e) = &*ctx.identity.borrow() {
+        let failure = ctx.verifier.identity.as_ref().map(|c| c.failure);
+        if failure == Some(IdentityFailure::Allow) {
+            if !logged {
+                crate::log_error!(
+                    NGX_LOG_INFO,
+                    r.log(),
+                    "identity unavailable, let through without it: {}",
+                    e
+                );
+            }
+        } else {
+            ctx.status.set(Status::IdentityUnavailable);
+            if !logged {
+                log_denial(r, ctx.mode, Status::IdentityUnavailable, &e.to_string());
+            }
+            return;
+        }
+    }
+    check_requires(r, ctx, &ctx.verifier);
 }
 
 /// The `cf_access_require` rules, once the token verified (their values may read the

@@ -11,6 +11,12 @@ pub fn plain_arg(value: &[u8]) -> Option<&str> {
     (!s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())).then_some(s)
 }
 
+/// A `cf_access_identity` URI: a plain path (no variables, query or fragment), which the
+/// module requests as a subrequest.
+pub fn identity_uri(value: &[u8]) -> Option<&str> {
+    plain_arg(value).filter(|uri| uri.starts_with('/') && !uri.contains(['$', '?', '#']))
+}
+
 /// Splits `scheme://authority/path` (scheme `http` or `https`, any case) into its parts;
 /// the path is "" or starts with `/`, `?` or `#`.
 pub fn split_http_url(url: &str) -> Option<(&str, &str, &str)> {
@@ -97,6 +103,14 @@ pub fn require_error(value: &[u8]) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn identity_uris_are_plain_paths() {
+        assert_eq!(super::identity_uri(b"/_cf_identity"), Some("/_cf_identity"));
+        for bad in [&b"_cf"[..], b"/a?b=1", b"/$x", b"/a#b", b"", b"/a b", b"http://x/"] {
+            assert_eq!(super::identity_uri(bad), None, "{bad:?}");
+        }
+    }
+
     #[test]
     fn plaintext_certs_urls_from_other_hosts_are_flagged() {
         for url in [

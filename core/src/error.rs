@@ -19,11 +19,14 @@ pub enum Status {
     NoKeys,
     /// The token verified, but a `cf_access_require` rule did not hold.
     NotAllowed,
+    /// The token verified, but the identity it needs could not be had (get-identity failed
+    /// or answered something unusable) and `cf_access_identity_failure` is `deny`.
+    IdentityUnavailable,
 }
 
 impl Status {
     /// Every status, in the order of [`Status::index`].
-    pub const ALL: [Status; 12] = [
+    pub const ALL: [Status; 13] = [
         Status::Ok,
         Status::NoToken,
         Status::Malformed,
@@ -36,6 +39,7 @@ impl Status {
         Status::BadAudience,
         Status::NoKeys,
         Status::NotAllowed,
+        Status::IdentityUnavailable,
     ];
 
     /// A dense index (`Status::ALL[s.index()] == s`), for per-status counters.
@@ -58,6 +62,7 @@ impl Status {
             Status::BadAudience => "bad_audience",
             Status::NoKeys => "no_keys",
             Status::NotAllowed => "not_allowed",
+            Status::IdentityUnavailable => "identity_unavailable",
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod decide;
 pub mod error;
 pub mod extract;
+pub mod identity;
 pub mod jwks;
 pub mod metrics;
 pub mod persist;

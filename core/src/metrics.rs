@@ -42,7 +42,17 @@ pub struct Snapshot {
     pub requests: Vec<(&'static str, u64)>,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    pub identity: IdentityCounts,
     pub sources: Vec<KeySource>,
+}
+
+/// get-identity, instance-wide: subrequests made, answers from a worker's cache, and fetches
+/// that left requests without an identity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdentityCounts {
+    pub fetches: u64,
+    pub hits: u64,
+    pub failures: u64,
 }
 
 impl Snapshot {
@@ -113,6 +123,11 @@ pub fn snapshot(
         requests,
         cache_hits: c.cache_hits.load(Ordering::Relaxed),
         cache_misses: c.cache_misses.load(Ordering::Relaxed),
+        identity: IdentityCounts {
+            fetches: c.identity_fetches.load(Ordering::Relaxed),
+            hits: c.identity_hits.load(Ordering::Relaxed),
+            failures: c.identity_failures.load(Ordering::Relaxed),
+        },
         sources: out,
     })
 }
@@ -165,6 +180,23 @@ pub fn prometheus(s: &Snapshot) -> String {
         "Tokens looked up in a worker's verified-token cache and not found.",
     );
     let _ = writeln!(out, "cf_access_cache_misses_total {}", s.cache_misses);
+    let identity = [
+        ("cf_access_identity_fetches_total", "get-identity subrequests made.", s.identity.fetches),
+        (
+            "cf_access_identity_cache_hits_total",
+            "Identities found in a worker's get-identity cache.",
+            s.identity.hits,
+        ),
+        (
+            "cf_access_identity_failures_total",
+            "get-identity subrequests that gave no usable identity.",
+            s.identity.failures,
+        ),
+    ];
+    for (name, help, n) in identity {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {n}");
+    }
 
     let per_source: [Gauge; 3] = [
         ("cf_access_keys", "gauge", "Keys in the loaded key set.", |k| u64::from(k.keys)),
@@ -230,6 +262,11 @@ pub fn json(s: &Snapshot) -> String {
         "ready": s.ready(),
         "requests": requests,
         "cache": {"hits": s.cache_hits, "misses": s.cache_misses},
+        "identity": {
+            "fetches": s.identity.fetches,
+            "hits": s.identity.hits,
+            "failures": s.identity.failures,
+        },
         "certs": sources,
     })
     .to_string();
@@ -246,6 +283,7 @@ mod tests {
             requests: vec![("ok", 3), ("no_token", 1)],
             cache_hits: 2,
             cache_misses: 1,
+            identity: IdentityCounts { fetches: 4, hits: 9, failures: 1 },
             sources: vec![
                 KeySource {
                     url: "https://t.cloudflareaccess.com/cdn-cgi/access/certs".into(),
@@ -274,6 +312,10 @@ mod tests {
             "# TYPE cf_access_requests_total counter",
             "cf_access_requests_total{status=\"ok\"} 3",
             "cf_access_cache_hits_total 2",
+            "cf_access_identity_fetches_total 4",
+            "cf_access_identity_cache_hits_total 9",
+            "# TYPE cf_access_identity_failures_total counter",
+            "cf_access_identity_failures_total 1",
             "# TYPE cf_access_keys gauge",
             "cf_access_keys{certs_url=\"https://t.cloudflareaccess.com/cdn-cgi/access/certs\"} 2",
             "cf_access_keys_fetches_total{certs_url=\"http://x/\\\"odd\\\"\\\\\\n\",result=\"error\"} 4",
@@ -314,11 +356,13 @@ mod tests {
         }
         zone.counters().requests[Status::Expired.index()].fetch_add(2, Ordering::Relaxed);
         zone.counters().cache_hits.fetch_add(5, Ordering::Relaxed);
+        zone.counters().identity_failures.fetch_add(3, Ordering::Relaxed);
         let s = snapshot(&zone, &[(slot, url)], Duration::from_millis(10), 20_000, 1030).unwrap();
         assert!(s.ready());
         assert_eq!(s.requests.len(), Status::ALL.len());
         assert!(s.requests.contains(&("expired", 2)));
         assert_eq!(s.cache_hits, 5);
+        assert_eq!(s.identity, IdentityCounts { failures: 3, ..IdentityCounts::default() });
         let k = &s.sources[0];
         assert_eq!((k.keys, k.kids.clone()), (2, vec!["k1".into(), "k2".into()]));
         assert_eq!(k.next_refresh, 1060);
@@ -336,6 +380,7 @@ mod tests {
         assert_eq!(v["certs"][1]["last_error"], "http status 503");
         assert_eq!(v["certs"][0]["last_error"], serde_json::Value::Null);
         assert_eq!(v["requests"]["ok"], 3);
+        assert_eq!(v["identity"], json!({"fetches": 4, "hits": 9, "failures": 1}));
         s.sources.pop();
         assert!(s.ready());
         s.sources.clear();

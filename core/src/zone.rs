@@ -30,7 +30,7 @@ pub const BODY_CAP: usize = 64 * 1024;
 pub const ERROR_CAP: usize = 240;
 
 /// "cfaccess" + layout version: a zone from another layout is set up anew.
-const MAGIC: u64 = 0x6366_6163_6365_0003;
+const MAGIC: u64 = 0x6366_6163_6365_0004;
 
 /// Room for per-status request counters (more than there are statuses).
 pub const STATUS_SLOTS: usize = 16;
@@ -54,6 +54,11 @@ pub struct Counters {
     pub requests: [AtomicU64; STATUS_SLOTS],
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// get-identity subrequests made, answers served from a worker's cache, and fetches
+    /// that left a request without its identity.
+    pub identity_fetches: AtomicU64,
+    pub identity_hits: AtomicU64,
+    pub identity_failures: AtomicU64,
 }
 
 #[repr(C)]
@@ -183,7 +188,14 @@ impl Zone {
         layout.last_seq.store(seed, Ordering::Relaxed);
         layout.generation.store(0, Ordering::Relaxed);
         let c = &layout.counters;
-        for n in c.requests.iter().chain([&c.cache_hits, &c.cache_misses]) {
+        let others = [
+            &c.cache_hits,
+            &c.cache_misses,
+            &c.identity_fetches,
+            &c.identity_hits,
+            &c.identity_failures,
+        ];
+        for n in c.requests.iter().chain(others) {
             n.store(0, Ordering::Relaxed);
         }
         layout.magic.store(MAGIC, Ordering::Release);
