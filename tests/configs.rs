@@ -11,7 +11,8 @@
 //! * paths under `/var/log/nginx/` move to the harness's `logs/` directory;
 //! * the test adds `cf_access_certs_url` (the local stand-in for Cloudflare) and its echo
 //!   server next to the file, and for the allow-list `set_real_ip_from`/`real_ip_header` so
-//!   that a request can come from another address.
+//!   that a request can come from another address;
+//! * the team's get-identity URL becomes the stand-in's (plain HTTP on loopback).
 //!
 //! `demo.conf` (a whole nginx.conf with `@...@` placeholders, used by `scripts/demo`) is
 //! checked with `nginx -t`.
@@ -24,7 +25,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cf_access_dev::{mint, now, service_claims, user_claims, CertsServer, KeyPair};
+use cf_access_dev::{
+    mint, now, service_claims, user_claims, CertsServer, Group, IdentityConfig, IdentityFault,
+    KeyPair,
+};
 use cf_access_testkit::site::{token_for, AUD, HDR, TEAM};
 use cf_access_testkit::{free_port, http_request, poll_until, Nginx, NginxBuilder, Response};
 use serde_json::json;
@@ -66,6 +70,7 @@ fn examples() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         ),
         ("per-user-limit.conf", vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)]),
         ("report.conf", vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)]),
+        ("groups.conf", vec![listen, team, ("CF_ACCESS_AUD", AUD), ("UPSTREAM", ECHO)]),
         (
             "cors-preflight.conf",
             vec![
@@ -136,8 +141,9 @@ fn test_scaffolding(certs: &CertsServer) -> String {
 
 fn builder(certs: &CertsServer, files: &[&str]) -> NginxBuilder {
     let mut b = Nginx::builder().http(&test_scaffolding(certs));
+    let identity = format!("https://{TEAM}/cdn-cgi/access/get-identity");
     for file in files {
-        b = b.http(&example(file));
+        b = b.http(&example(file).replace(&identity, &certs.identity_url()));
     }
     b
 }
@@ -368,6 +374,33 @@ fn authorization_example_applies_its_rules() {
     assert_eq!(status("/api/x", &alice), 403, "users are not machines");
     assert!(nginx.error_log().contains("access denied (not_allowed)"));
     nginx.assert_clean(&[]);
+}
+
+#[test]
+fn groups_example_decides_on_groups_from_get_identity() {
+    let key = KeyPair::generate();
+    let certs = CertsServer::start_with_keys(&[&key]);
+    let nginx = builder(&certs, &["groups.conf"]).start();
+    let bob = "bob@example.com";
+    certs.set_identity(
+        IdentityConfig::new()
+            .with_groups(vec![Group::named("Eng")])
+            .with_groups_for(bob, vec![Group::named("Eng"), Group::named("Finance")]),
+    );
+    let alice = token_for(&key, AUD, "alice@example.com");
+    let bob = token_for(&key, AUD, bob);
+    let r = get(&nginx, "/finance/x", &[(HDR, &bob)]);
+    assert_eq!(r.status, 200, "{}", nginx.error_log());
+    assert!(r.body.contains("x_email=bob@example.com"), "{}", r.body);
+    assert_eq!(get(&nginx, "/finance/x", &[(HDR, &alice)]).status, 403, "not in the group");
+    assert_eq!(get(&nginx, "/x", &[(HDR, &alice)]).status, 200);
+    assert_eq!(certs.identity_hits(), 2, "one get-identity per session");
+    // Cloudflare unreachable: refused, and said why.
+    certs.set_identity(IdentityConfig::new().with_fault(IdentityFault::Close));
+    let carol = token_for(&key, AUD, "carol@example.com");
+    assert_eq!(get(&nginx, "/x", &[(HDR, &carol)]).status, 403);
+    assert!(nginx.error_log().contains("access denied (identity_unavailable)"));
+    nginx.assert_clean(&["upstream prematurely closed"]);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cf_access_dev::{mint, now, service_claims, CertsServer, Group, IdentityConfig, IdentityFault};
 use cf_access_testkit::site::{start_site, token, token_for, AUD, COOKIE, EMAIL, HDR, TEAM};
-use cf_access_testkit::{Nginx, Response};
+use cf_access_testkit::{http_request, send_signal, Nginx, Response};
 use serde_json::Value;
 
 /// A site whose every location is protected and fetches identities through
@@ -239,5 +239,96 @@ fn a_cookie_only_browser_request_fetches_with_its_token() {
     let cookie = format!("{COOKIE}={}; theme=dark", token(&key));
     let r = nginx.get("/eng/", &[("Cookie", &cookie)]);
     assert_eq!((r.status, r.body.as_str()), (200, "eng\n"), "{}", nginx.error_log());
+    nginx.assert_clean(&[]);
+}
+
+#[test]
+fn the_directives_are_checked_by_nginx_t() {
+    let server = "server { listen 127.0.0.1:{PORT}; }";
+    for (conf, expected) in [
+        (
+            "cf_access_identity _cf;",
+            "invalid value \"_cf\" in \"cf_access_identity\" directive, it must be a URI",
+        ),
+        ("cf_access_identity /a?b=1;", "invalid value \"/a?b=1\" in \"cf_access_identity\""),
+        ("cf_access_identity /$uri;", "invalid value \"/$uri\" in \"cf_access_identity\""),
+        ("cf_access_identity /a; cf_access_identity /b;", "\"cf_access_identity\" directive is duplicate"),
+        (
+            "cf_access_identity_failure maybe;",
+            "invalid value \"maybe\" in \"cf_access_identity_failure\" directive, it must be \"deny\" or \"allow\"",
+        ),
+    ] {
+        let (ok, out) = Nginx::builder().http(&format!("{conf} {server}")).test_config();
+        assert!(!ok && out.contains("[emerg]") && out.contains(expected), "{conf}: {out}");
+    }
+    let (ok, out) = Nginx::builder()
+        .http(&format!("cf_access_identity off; cf_access_identity_failure allow; {server}"))
+        .test_config();
+    assert!(ok, "{out}");
+}
+
+/// A request that must end (any answer, or the connection closed), never hang.
+fn ends(nginx: &Nginx, path: &str, token: &str) -> Option<u16> {
+    http_request(nginx.port(), "GET", path, &[(HDR, token)], None).ok().map(|r| r.status)
+}
+
+#[test]
+fn a_reload_and_a_killed_worker_while_subrequests_are_in_flight() {
+    let (key, certs, nginx) = start_site(site);
+    certs.set_identity(IdentityConfig::new().with_groups(groups(&["Eng"])).with_delay_ms(1000));
+    // A reload: the old worker finishes its waiting requests with their identities.
+    let tokens: Vec<String> = (0..3).map(|_| token(&key)).collect();
+    let statuses: Vec<Option<u16>> = thread::scope(|s| {
+        let sent: Vec<_> = tokens.iter().map(|t| s.spawn(|| ends(&nginx, "/eng/", t))).collect();
+        nginx.wait_until(Duration::from_secs(5), "subrequests in flight", || {
+            certs.identity_hits() >= 3
+        });
+        nginx.reload();
+        sent.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, vec![Some(200); 3], "{}", nginx.error_log());
+    // kill -9 of the worker: its requests end (the connection closes), the next worker
+    // serves the same sessions anew.
+    let before = certs.identity_hits();
+    let started = Instant::now();
+    let statuses: Vec<Option<u16>> = thread::scope(|s| {
+        let sent: Vec<_> = tokens.iter().map(|t| s.spawn(|| ends(&nginx, "/", t))).collect();
+        thread::sleep(Duration::from_millis(300));
+        for pid in nginx.worker_pids() {
+            send_signal(pid, libc::SIGKILL);
+        }
+        sent.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| s.is_none() || *s == Some(200)), "{statuses:?}");
+    // (A request left hanging would take the client's 5 s timeout.)
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    nginx.wait_until(Duration::from_secs(5), "a new worker", || {
+        ends(&nginx, "/eng/", &tokens[0]) == Some(200)
+    });
+    assert!(certs.identity_hits() > before, "the new worker fetched again");
+    nginx.assert_clean(&["exited on signal 9"]);
+}
+
+#[test]
+fn a_waiting_client_that_goes_away_leaves_the_others_served() {
+    use std::io::Write;
+    let (key, certs, nginx) = start_site(site);
+    certs.set_identity(IdentityConfig::new().with_groups(groups(&["Eng"])).with_delay_ms(500));
+    let t = token(&key);
+    let answers: Vec<Option<u16>> = thread::scope(|s| {
+        let leader = s.spawn(|| ends(&nginx, "/eng/", &t));
+        nginx.wait_until(Duration::from_secs(5), "the subrequest", || certs.identity_hits() == 1);
+        // A second request of the session waits for it, then its client leaves.
+        let mut gone = std::net::TcpStream::connect(("127.0.0.1", nginx.port())).unwrap();
+        write!(gone, "GET /eng/ HTTP/1.1\r\nHost: x\r\n{HDR}: {t}\r\n\r\n").unwrap();
+        let waiter = s.spawn(|| ends(&nginx, "/eng/", &t));
+        thread::sleep(Duration::from_millis(100));
+        drop(gone);
+        vec![leader.join().unwrap(), waiter.join().unwrap()]
+    });
+    assert_eq!(answers, vec![Some(200), Some(200)], "{}", nginx.error_log());
+    assert_eq!(certs.identity_hits(), 1);
+    // nginx saw the client leave while it waited (and let the request go then).
+    assert!(nginx.error_log().contains("client prematurely closed connection"));
     nginx.assert_clean(&[]);
 }
