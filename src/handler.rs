@@ -15,13 +15,35 @@ use crate::identity::{self, Progress};
 use crate::verdict::{mode, verdict, verifier, RequestCtx};
 
 /// What a phase handler returns for a verdict: go on, the status to deny with, or `wait`
-/// while the request waits for its identity.
-fn enforce(r: &Request, ctx: &RequestCtx, wait: NgxStatus) -> ngx_int_t {
+/// while the request waits for its identity (`Err`: parked, for another request's). `raw`
+/// is nginx's pointer to the request, no reference to which may be in use: waiting writes it.
+fn enforce(
+    raw: *mut ngx_http_request_t,
+    ctx: &RequestCtx,
+    wait: NgxStatus,
+) -> Result<ngx_int_t, ngx_int_t> {
     if !ctx.judged.get() {
-        if let Progress::Wait = identity::resolve(r, ctx) {
-            return wait.into();
+        // SAFETY: see above.
+        match unsafe { identity::resolve(raw, ctx) } {
+            Progress::Done => {}
+            Progress::Wait => return Ok(wait.into()),
+            Progress::Park => return Err(wait.into()),
         }
     }
+    Ok(decision(ctx))
+}
+
+/// A parked request: its handlers set through nginx's own pointer, once no reference to
+/// the request is in use (see `identity::park`).
+fn parked(raw: *mut ngx_http_request_t, rc: ngx_int_t) -> ngx_int_t {
+    // SAFETY: `raw` is the request nginx passed to the calling phase handler, whose
+    // references to it are no longer used.
+    unsafe { identity::park(raw) };
+    rc
+}
+
+/// The verdict's answer: go on, or the status to deny with.
+fn decision(ctx: &RequestCtx) -> ngx_int_t {
     if ctx.mode == Mode::Report {
         return NgxStatus::NGX_DECLINED.into();
     }
@@ -61,9 +83,9 @@ fn check(r: &Request, verifier: &Verifier) -> Result<Mode, ngx_int_t> {
 ///
 /// # Safety
 /// Called by nginx in the rewrite phase with a valid request.
-pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+pub unsafe extern "C" fn rewrite_handler(raw: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a valid request.
-    let r = unsafe { Request::from_ngx_http_request(r) };
+    let r = unsafe { Request::from_ngx_http_request(raw) };
     let Some(verifier) = verifier(r) else {
         return NgxStatus::NGX_DECLINED.into();
     };
@@ -84,7 +106,10 @@ pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_
         return NgxStatus::NGX_ERROR.into();
     };
     // The rewrite phase's checker ends the phases on NGX_DONE without finalizing.
-    let rc = enforce(r, ctx, NgxStatus::NGX_DONE);
+    let rc = match enforce(raw, ctx, NgxStatus::NGX_DONE) {
+        Ok(rc) => rc,
+        Err(rc) => return parked(raw, rc),
+    };
     if rc == ngx_int_t::from(NgxStatus::NGX_OK) {
         // Allowed: the access phase (for a main request) says so again.
         return NgxStatus::NGX_DECLINED.into();
@@ -96,9 +121,9 @@ pub unsafe extern "C" fn rewrite_handler(r: *mut ngx_http_request_t) -> ngx_int_
 ///
 /// # Safety
 /// Called by nginx in the access phase with a valid request.
-pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+pub unsafe extern "C" fn access_handler(raw: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a valid request.
-    let r = unsafe { Request::from_ngx_http_request(r) };
+    let r = unsafe { Request::from_ngx_http_request(raw) };
     let Some(verifier) = verifier(r) else {
         return NgxStatus::NGX_DECLINED.into();
     };
@@ -107,7 +132,10 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
         Err(rc) => return rc,
     };
     match verdict(r, verifier, mode) {
-        Some(ctx) => enforce(r, ctx, NgxStatus::NGX_AGAIN),
+        Some(ctx) => match enforce(raw, ctx, NgxStatus::NGX_AGAIN) {
+            Ok(rc) => rc,
+            Err(rc) => parked(raw, rc),
+        },
         None => NgxStatus::NGX_ERROR.into(),
     }
 }

@@ -53,35 +53,42 @@ struct Waiter {
 pub enum Progress {
     /// The identity is had, or is not to be had: the verdict is final.
     Done,
-    /// The request waits (for its subrequest, or another request's).
+    /// The request waits for its own subrequest (nginx resumes it).
     Wait,
+    /// The request waits for another request's subrequest: the handler [`park`]s it.
+    Park,
 }
 
 /// Gets `ctx` its identity if it still wants one: from the cache, by waiting for a
 /// subrequest in flight for the same session, or by starting one. Judges the verdict once
 /// the identity is had (or cannot be).
-pub fn resolve(r: &Request, ctx: &RequestCtx) -> Progress {
+///
+/// `r` is the request nginx passed to the phase handler, as nginx's own pointer: starting a
+/// subrequest writes it, which a pointer derived from a shared reference may not do.
+///
+/// # Safety
+/// `r` is live, and no reference to it is in use while this runs.
+pub unsafe fn resolve(r: *mut ngx_http_request_t, ctx: &RequestCtx) -> Progress {
     let wanted = match &*ctx.identity.borrow() {
         Lookup::Wanted(session) => Some(session.clone()),
         Lookup::Fetching(_) => return Progress::Wait,
-        Lookup::Waiting(_) => {
-            // Woken before the answer came (by a write event of its own): parked again.
-            park(r);
-            return Progress::Wait;
-        }
+        // Woken before the answer came (by a write event of its own): parked again.
+        Lookup::Waiting(_) => return Progress::Park,
         _ => None,
     };
     if let Some(session) = wanted {
-        if let Progress::Wait = get(r, ctx, session) {
-            return Progress::Wait;
+        match get(r, ctx, session) {
+            Progress::Done => {}
+            waiting => return waiting,
         }
     }
-    verdict::judge(r, ctx);
+    // SAFETY: `r` is live (the caller's contract); this reference is the only one in use.
+    verdict::judge(unsafe { Request::from_ngx_http_request(r) }, ctx);
     Progress::Done
 }
 
 /// `session`'s identity for `ctx`: `Done` when had now (the cache) or not to be had.
-fn get(r: &Request, ctx: &RequestCtx, session: Session) -> Progress {
+fn get(r: *mut ngx_http_request_t, ctx: &RequestCtx, session: Session) -> Progress {
     if let Some(identity) = CACHE.with_borrow_mut(|c| c.get(&session, time::request_now())) {
         count(|c| &c.identity_hits);
         ctx.identity.replace(Lookup::Ready(identity));
@@ -90,7 +97,7 @@ fn get(r: &Request, ctx: &RequestCtx, session: Session) -> Progress {
     let in_flight = IN_FLIGHT.with_borrow(|f| f.contains_key(&session));
     let (lookup, progress) = if in_flight {
         match join(r, ctx, &session) {
-            Ok(()) => (Lookup::Waiting(session), Progress::Wait),
+            Ok(()) => (Lookup::Waiting(session), Progress::Park),
             Err(why) => (Lookup::Unavailable(IdentityError::Failed(why.into())), Progress::Done),
         }
     } else {
@@ -117,17 +124,17 @@ fn count(counter: impl FnOnce(&cf_access_core::zone::Counters) -> &std::sync::at
     }
 }
 
-fn raw(r: &Request) -> *mut ngx_http_request_t {
-    r.as_ref() as *const ngx_http_request_t as *mut ngx_http_request_t
-}
-
 /// Lists `r` as waiting for `session`'s subrequest; its pool's cleanup unlists it.
-fn join(r: &Request, ctx: &RequestCtx, session: &Session) -> Result<(), &'static str> {
+fn join(
+    r: *mut ngx_http_request_t,
+    ctx: &RequestCtx,
+    session: &Session,
+) -> Result<(), &'static str> {
     let entry = Listed { session: session.clone(), ctx };
-    keep(r.as_ref().pool, entry, drop_value::<Listed>).ok_or("out of memory")?;
-    let waiter = Waiter { r: raw(r), ctx };
+    // SAFETY: `r` is live (see `resolve`).
+    keep(unsafe { (*r).pool }, entry, drop_value::<Listed>).ok_or("out of memory")?;
+    let waiter = Waiter { r, ctx };
     IN_FLIGHT.with_borrow_mut(|f| f.entry(session.clone()).or_default().push(waiter));
-    park(r);
     Ok(())
 }
 
@@ -149,9 +156,13 @@ impl Drop for Listed {
 
 /// Parks `r` (as `limit_req` parks a delayed request): a client that goes away ends it, a
 /// posted write event resumes it.
-fn park(r: &Request) {
-    let r = raw(r);
-    // SAFETY: `r` is live; these are the handlers nginx calls for its events.
+///
+/// # Safety
+/// `r` is the live request nginx passed to the phase handler calling this, which holds no
+/// reference to it any more (this writes the request: through nginx's own pointer, never
+/// one derived from a shared reference, which the optimizer may take as unchanging).
+pub unsafe fn park(r: *mut ngx_http_request_t) {
+    // SAFETY: see above; these are the handlers nginx calls for the request's events.
     unsafe {
         (*r).read_event_handler = Some(ngx_http_test_reading);
         (*r).write_event_handler = Some(resume);
@@ -235,9 +246,14 @@ type PostFn = unsafe extern "C" fn(*mut ngx_http_request_t, *mut c_void, ngx_int
 type CleanupFn = unsafe extern "C" fn(*mut c_void);
 
 /// Starts the subrequest to `ctx`'s `cf_access_identity` location.
-fn start(r: &Request, ctx: &RequestCtx, session: &Session) -> Result<(), &'static str> {
+fn start(
+    r: *mut ngx_http_request_t,
+    ctx: &RequestCtx,
+    session: &Session,
+) -> Result<(), &'static str> {
     let conf = ctx.verifier.identity.as_ref().ok_or("not configured")?;
-    let pool = r.as_ref().pool;
+    // SAFETY: `r` is live (see `resolve`).
+    let pool = unsafe { (*r).pool };
     let fetch = Fetch { session: session.clone(), leader: ctx, done: Cell::new(false) };
     let fetch = keep(pool, fetch, drop_value::<Fetch>).ok_or("out of memory")?;
     let uri = copy_str(pool, &conf.uri).ok_or("out of memory")?;
@@ -255,7 +271,7 @@ fn start(r: &Request, ctx: &RequestCtx, session: &Session) -> Result<(), &'stati
         (*ps).handler = Some(fetched);
         (*ps).data = fetch.cast();
         ngx_http_subrequest(
-            raw(r),
+            r,
             &mut uri,
             ptr::null_mut(),
             &mut sr,

@@ -85,7 +85,10 @@ unsafe extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     out.content_type_lowcase = std::ptr::null_mut();
     r.set_content_length_n(body.len());
     let rc = r.send_header();
-    if rc == NgxStatus::NGX_ERROR || rc.0 > NgxStatus::NGX_OK.0 || r.header_only() {
+    // HEAD, not `r->header_only`: the bindings misread that bitfield on nginx 1.29 and later
+    // (see `RequestCtx::own`); the only statuses here are 200 and 503, which have a body.
+    let head = r.method() == Method::HEAD;
+    if rc == NgxStatus::NGX_ERROR || rc.0 > NgxStatus::NGX_OK.0 || head {
         return rc.into();
     }
     let Some(mut buf) = r.pool().create_buffer_from_str(&body) else {

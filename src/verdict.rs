@@ -99,13 +99,13 @@ impl RequestCtx {
     /// The verdict `r` itself carries, if any. nginx clears the module contexts on an
     /// internal redirect (index files, `try_files`, `error_page`, named locations); the
     /// verdict is then found again among the pool's cleanup entries, as
-    /// `ngx_http_realip_module` finds its context.
+    /// `ngx_http_realip_module` finds its context. (Without asking `r->internal` first: the
+    /// bindings' bitfield accessors misread that part of the request on nginx 1.29 and
+    /// later, whose new `port` field bindgen before 0.73 lays out wrongly; the walk is a few
+    /// entries long.)
     pub fn own(r: &Request) -> Option<&RequestCtx> {
         if let Some(ctx) = r.get_module_ctx::<RequestCtx>(Module::module()) {
             return Some(ctx);
-        }
-        if r.as_ref().internal() == 0 {
-            return None;
         }
         let owner: *const ngx_http_request_t = r.as_ref();
         // SAFETY: the request's pool is live; its cleanup list is nginx's, well formed.

@@ -241,6 +241,10 @@ fn readiness_follows_the_certs_endpoint_and_json_lists_the_kids() {
     assert!(j["certs"][0]["last_error"].is_null());
     assert!(j["certs"][0]["next_refresh"].as_u64().unwrap() >= now() as u64);
     assert_eq!(nginx.request("POST", "/metrics", &[], Some(b"x")).status, 405);
+    // HEAD: the headers of a GET, no body.
+    let head = nginx.request("HEAD", "/metrics?ready", &[], None);
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    assert_eq!(head.header("Content-Length"), Some("6"));
 }
 
 #[test]
