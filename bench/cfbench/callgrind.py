@@ -6,13 +6,12 @@ import glob
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 from .common import AUD, CORE_EXAMPLE, DEV, HEADER, TEAM, Fail, log
-from .procs import tail
+from .procs import KeepAliveClient, tail
 from .report import instructions_report
 from .scenarios import CACHE_LINES, SCENARIOS, nginx_argv, nginx_conf
 from .tokens import read_tokens
@@ -47,39 +46,6 @@ def wait_idle(pid, timeout=60.0):
         else:
             time.sleep(0.0002)
     raise Fail(f"nginx (pid {pid}) did not go idle")
-
-
-class KeepAliveClient:
-    """One HTTP/1.1 keep-alive connection, one request at a time."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def request(self, raw):
-        self.sock.sendall(raw)
-        while b"\r\n\r\n" not in self.buf:
-            self._more()
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        status = int(head.split(b" ", 2)[1])
-        m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.I)
-        length = int(m.group(1)) if m else 0
-        while len(self.buf) < length:
-            self._more()
-        self.buf = self.buf[length:]
-        if re.search(rb"\r\nconnection:\s*close", head, re.I):
-            raise Fail("nginx closed the keep-alive connection")
-        return status
-
-    def _more(self):
-        data = self.sock.recv(65536)
-        if not data:
-            raise Fail("nginx closed the connection")
-        self.buf += data
-
-    def close(self):
-        self.sock.close()
 
 
 def raw_request(token, path="index.html"):

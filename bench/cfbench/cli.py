@@ -15,8 +15,9 @@ from .common import CORE_EXAMPLE, CORE_SPEED, DEV, FILE_MTIME, MODULE, ROOT, Fai
 from .deps import ensure_deps, ensure_venv, find_nginx
 from .procs import Procs, port_free, run, tail, wait_http
 from .report import save_report
+from .scenarios import IDENTITY_DELAY_MS, IDENTITY_GROUPS
 from .system import IdlePoll
-from .throughput import throughput
+from .throughput import SESSIONS, throughput
 from .tokens import ensure_tokens, read_tokens
 from .wrk import parse_duration
 
@@ -29,12 +30,13 @@ WHAT IT DOES (throughput, the default):
      installs what is missing: build dependencies, wrk and openssl (apt), and a Python venv
      in bench/.venv with flask, pyjwt[crypto], cryptography, gunicorn (pip) for the
      auth_request verifier.
-  2. Starts, on 127.0.0.1 only: `cf-access-dev serve` (the certs endpoint), two nginx
+  2. Starts, on 127.0.0.1 only: `cf-access-dev serve` (the certs endpoint, and the stand-in
+     for get-identity: --group Eng --group Finance --identity-delay-ms 20), two nginx
      instances with ONE worker each (keep-alive on, access_log off, error_log at warn, so
      the info-level denial lines are not written; a 512-byte static file), and gunicorn
      running bench/verifier.py (Flask + PyJWT; keys fetched once at start from the same
      certs endpoint; --verifier-workers sync workers).
-       nginx A: the module's default cache    -> scenarios 1, 2, 4, 6
+       nginx A: the module's default cache    -> scenarios 1, 2, 4, 6, 11
        nginx B: cf_access_cache_size 0        -> scenarios 3, 5, 7, 8
      (cf_access_cache_size is an http-level directive, hence two instances; nothing is
      restarted between scenarios.) The server side (nginx, gunicorn, openssl speed) is
@@ -54,10 +56,15 @@ WHAT IT DOES (throughput, the default):
                        internally to /on/index.html)
        8  try_files    as 5, for /tf/x: `try_files $uri /on/index.html` (an internal
                        redirect, as every single-page application has)
+      11  identity     as 2, with `cf_access_identity /_cf_identity` (an internal location
+                       proxying to the stand-in's get-identity): the session's identity is
+                       fetched once, before the runs, so every request is a token-cache hit
+                       and an identity-cache hit (the module's /metrics must count no fetch)
      and, in each round, `openssl speed -seconds 3 rsa2048` on CPU 0: V = verify/s, and
      core/examples/verify_speed on CPU 0: the core's µs per full verification, alone.
-     Each round runs 1 and 3 first, then V and the core alone, then the rest, so that
-     the crypto limit and (3) are measured within seconds of each other; the ratios are
+     Each round runs 1 and 3 first, then V and the core alone, then the rest (11 right
+     after 2), so that the crypto limit and (3), and (11) and (2), are measured within
+     seconds of each other; the ratios are
      reported as the ratio of the medians and as the median of the rounds' own ratios.
      Also reported: the server side's CPU use during each run (nginx worker, + gunicorn
      for 6) and that CPU time per request, which shows when something else (wrk, other
@@ -70,6 +77,12 @@ WHAT IT DOES (throughput, the default):
      verification). That cost belongs to the load generator sharing the VM, not to the
      module, and it would be charged to (3) but not to the baseline. --idle os measures
      with the kernel's default idle state, to see it.
+     Then the first request of a session: 200 fresh tokens (never sent to nginx A) to
+     11's location, each a full verification and one get-identity subrequest (the stand-in
+     answers in 20 ms), and 200 others to 2's location (the full verification only),
+     alternately, one request at a time on one keep-alive connection, and in between
+     each get-identity straight to the stand-in (~9 s, at most 30 s): p50 and p90 of each,
+     the latency the identity adds (the difference of the p50s), and nginx's part of it.
      --perf: then one more run per scenario 1-5 with the worker sampled by `perf record
      -e cpu-clock -g` (linux-perf; root), reported as µs of CPU per request by where it
      was spent: aws-lc (RSA, SHA-256), the module's other code, nginx, libc, the kernel
@@ -83,6 +96,7 @@ WHAT IT DOES (throughput, the default):
          (3) >= 0.90 x the crypto limit 1/(1/B + 1/V), B = (1) req/s, V = openssl verify/s
          (2)/(6) >= 30
          (7)/(5) >= 0.95 and (8)/(5) >= 0.95: an internal redirect does not verify again
+         (11)/(2) >= 0.95: a cached identity costs a cache hit almost nothing
          CPU µs/req (3) - (1) <= 1.2 x the core alone (verify_speed)
      marked PASS/MISS, and the exact command line. The report is also saved in
      target/bench-results/.
@@ -90,9 +104,10 @@ WHAT IT DOES (throughput, the default):
 INSTRUCTIONS PER REQUEST (--instructions; --with-instructions adds them to a throughput run):
   A figure that does not move with the machine's load. For each of the scenarios off, hit,
   full and no-token (and 0: the module loaded but protecting nothing, so no key store and
-  no refresher thread; and 9, hit-dir, and 10, off-dir: cache hits and `cf_access off` for
+  no refresher thread; 9, hit-dir, and 10, off-dir: cache hits and `cf_access off` for
   the directory URL GET /, which the index module redirects internally to /index.html:
-  (9)/(10) must be within 2% of (2)/(1)), a fresh nginx runs in ONE process (master_process off) under
+  (9)/(10) must be within 2% of (2)/(1); and 11, identity: cache hits with
+  cf_access_identity, the identity fetched in the warm-up: (2)/(11) >= 0.95), a fresh nginx runs in ONE process (master_process off) under
   `valgrind --tool=callgrind`; a small Python client sends --warmup requests of that kind
   over one keep-alive connection, the counters are zeroed (callgrind_control -z), then
   --requests requests of the same kind are sent and the counters dumped (callgrind_control
@@ -120,7 +135,7 @@ INSTRUCTIONS PER REQUEST (--instructions; --with-instructions adds them to a thr
   Everything started is stopped on exit, Ctrl-C included.
 
 EXAMPLES:
-  bench/run                                   # defaults: 3 rounds x 6 x 10 s, 1M tokens
+  bench/run                                   # defaults: 3 rounds x 9 x 10 s, 1M tokens
   bench/run -d 5s -r 1 --rss-tokens 100000    # a quick check (~1.5 min once minted)
   bench/run --instructions                    # instructions per request (~2 min), twice
   bench/run -d 5s -r 5 --rss-tokens 0 --perf  # throughput, and where the worker's CPU goes
@@ -237,11 +252,14 @@ def main(argv):
         if busy:
             raise Fail(f"127.0.0.1:{busy[0]} is already in use (choose another --port-base)")
         ctx.certs_url = f"http://127.0.0.1:{a.port_base + 3}/cdn-cgi/access/certs"
+        ctx.identity_url = f"http://127.0.0.1:{a.port_base + 3}/cdn-cgi/access/get-identity"
         ctx.verifier_port = a.port_base + 4
 
         need = 0
         if do_throughput:
-            need = max(a.pool, a.rss_tokens, 2)
+            # Token 1: scenarios 1, 2, 5-8, 11; then 2 x SESSIONS fresh ones for the first
+            # request of a session (nginx A has seen token 1 only).
+            need = max(a.pool, a.rss_tokens, 1 + 2 * SESSIONS)
         if do_instr:
             need = max(need, a.requests + a.warmup)
         ctx.tokens, ctx.key = ensure_tokens(need, a.mint_threads)
@@ -251,15 +269,17 @@ def main(argv):
         ctx.dir = tempfile.mkdtemp(prefix="cf-access-bench.")
         os.chmod(ctx.dir, 0o755)  # nginx workers run as nobody
         os.makedirs(os.path.join(ctx.dir, "wrk"))
-        for loc in ("off", "on", "ar"):
+        for loc in ("off", "on", "ar", "id"):
             os.makedirs(os.path.join(ctx.dir, "html", loc))
             page = os.path.join(ctx.dir, "html", loc, "index.html")
             with open(page, "w") as f:
                 f.write("x" * 512)
             # Last-Modified and ETag come from it: the same digits in every run.
             os.utime(page, (FILE_MTIME, FILE_MTIME))
+        groups = [x for g in IDENTITY_GROUPS for x in ("--group", g)]
         ctx.procs.start([DEV, "serve", "--listen", f"127.0.0.1:{a.port_base + 3}", "--key",
-                         ctx.key], os.path.join(ctx.dir, "certs.log"))
+                         ctx.key] + groups + ["--identity-delay-ms", str(IDENTITY_DELAY_MS)],
+                        os.path.join(ctx.dir, "certs.log"))
         wait_http(ctx.certs_url)
 
         ctx.date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")

@@ -39,3 +39,9 @@ def fmt(v):
 
 def mib(kb):
     return f"{kb / 1024:.1f}"
+
+
+def percentile(values, p):
+    """The p-th percentile (nearest rank) of `values`."""
+    v = sorted(values)
+    return v[max(0, min(len(v) - 1, -(-len(v) * p // 100) - 1))]

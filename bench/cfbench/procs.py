@@ -2,6 +2,7 @@
 
 import glob
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -93,12 +94,17 @@ def wait_http(url, seconds=10):
 
 
 def http_status(url, token=None):
+    return http_get(url, token)[0]
+
+
+def http_get(url, token=None):
+    """(status, headers, body) of GET `url`, with `token` in the token header."""
     req = urllib.request.Request(url, headers={HEADER: token} if token else {})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status
+            return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
-        return e.code
+        return e.code, e.headers, b""
 
 
 def tail(path, n=5):
@@ -107,3 +113,36 @@ def tail(path, n=5):
             return "".join(f.readlines()[-n:])
     except OSError:
         return ""
+
+
+class KeepAliveClient:
+    """One HTTP/1.1 keep-alive connection, one request at a time."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def request(self, raw):
+        self.sock.sendall(raw)
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        status = int(head.split(b" ", 2)[1])
+        m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.I)
+        length = int(m.group(1)) if m else 0
+        while len(self.buf) < length:
+            self._more()
+        self.buf = self.buf[length:]
+        if re.search(rb"\r\nconnection:\s*close", head, re.I):
+            raise Fail("nginx closed the keep-alive connection")
+        return status
+
+    def _more(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise Fail("nginx closed the connection")
+        self.buf += data
+
+    def close(self):
+        self.sock.close()

@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 
-from .common import RESULTS, ROOT, VENV, WARNINGS, fmt, log, mib
+from .common import RESULTS, ROOT, VENV, WARNINGS, fmt, log, mib, percentile
 from .perf import PERF_GROUPS, PERF_SCENARIOS
-from .scenarios import BY_KEY, TARGETS, THROUGHPUT
+from .scenarios import BY_KEY, IDENTITY_DELAY_MS, IDENTITY_GROUPS, TARGETS, THROUGHPUT
 
 
 def perf_report(ctx, profiles):
@@ -31,6 +31,45 @@ def perf_report(ctx, profiles):
     lines.append("| **total** | "
                  + " | ".join(f"**{sum(profiles[k].values()):.1f}**" for k in keys) + " |")
     return lines
+
+
+def sessions_report(sessions):
+    """The first request of a session, with and without cf_access_identity."""
+    lat = sessions["lat"]
+    p50 = {k: statistics.median(v) for k, v in lat.items()}
+    p90 = {k: percentile(v, 90) for k, v in lat.items()}
+    n = len(lat["identity"])
+    added = p50["identity"] - p50["plain"]
+    counted = ("" if sessions["fetches"] is None else
+               f" The module counted {sessions['fetches']} get-identity fetches "
+               f"({sessions['failures']} failed).")
+    return [
+        "",
+        f"First request of a session (nginx A): {n} fresh tokens (never sent to it) to (11)'s "
+        f"location and {n} to (2)'s,",
+        "one request each, alternately, one at a time on one keep-alive connection (a Python "
+        "client on the client CPU);",
+        "each is a full verification, and for (11) then one get-identity subrequest to the "
+        f"stand-in ({IDENTITY_DELAY_MS} ms per answer);",
+        "and the stand-in alone: each of (11)'s tokens' get-identity sent straight to it, a new "
+        "connection each, as nginx's subrequest:",
+        "",
+        "| first request of a session | p50 (ms) | p90 (ms) |",
+        "|---|---:|---:|",
+        f"| (2)'s location: cf_access on, full verification | {p50['plain']:.2f} | "
+        f"{p90['plain']:.2f} |",
+        f"| (11)'s location: + cf_access_identity (get-identity) | {p50['identity']:.2f} | "
+        f"{p90['identity']:.2f} |",
+        f"| **added by the identity** | **{added:.2f}** | {p90['identity'] - p90['plain']:.2f} |",
+        f"| the stand-in alone (get-identity, {IDENTITY_DELAY_MS} ms delay) | "
+        f"{p50['stand-in']:.2f} | {p90['stand-in']:.2f} |",
+        "",
+        f"Added latency of a session's first request: {added:.2f} ms at the median: the "
+        f"stand-in's {p50['stand-in']:.2f} ms (its {IDENTITY_DELAY_MS} ms delay included) + "
+        f"{added - p50['stand-in']:.2f} ms around it in nginx (the subrequest and its upstream",
+        "connection, the answer checked, parsed and cached; less the Python client's own cost "
+        "of a connection, which the stand-in alone includes)." + counted,
+    ]
 
 
 def throughput_report(ctx, results, openssl_v, memory, elapsed, busy_before, busy_after):
@@ -99,6 +138,11 @@ def throughput_report(ctx, results, openssl_v, memory, elapsed, busy_before, bus
         f"  {a.verifier_workers} sync workers on the same CPU as nginx (no keep-alive to the "
         "verifier: sync workers close",
         f"  every connection). {pyv}.",
+        "³ `cf_access_identity` through an internal location (`proxy_pass` to the "
+        "get-identity stand-in of",
+        f"  `cf-access-dev serve`: groups {', '.join(IDENTITY_GROUPS)}; {IDENTITY_DELAY_MS} ms "
+        "per answer): the token's session was fetched once,",
+        "  before the runs; then every request is a token-cache hit and an identity-cache hit.",
         "",
         f"openssl speed -seconds 3 rsa2048 (CPU 0): V = {fmt(v)} verify/s. Crypto limit for (3):",
         f"1/(1/B + 1/V) = {fmt(limit)} req/s, with B = (1) = {fmt(b)} req/s.",
@@ -122,6 +166,8 @@ def throughput_report(ctx, results, openssl_v, memory, elapsed, busy_before, bus
             shown = f"{t.at_least:.2f}" if t.at_least < 1 else f"{t.at_least:g}"
             lines.append(f"| {t.label} | {r:.3f} | {paired} | {spread} | >= {shown} | "
                          f"{verdict} |")
+    if getattr(ctx, "sessions", None):
+        lines += sessions_report(ctx.sessions)
     if ctx.profiles:
         lines += perf_report(ctx, ctx.profiles)
     if memory:
@@ -213,6 +259,16 @@ def instructions_report(ctx, chosen, runs):
             f"| ((9) − (10)): a directory URL's cache hit over `cf_access off`, Ir | "
             f"{fmt(r['hit-dir']['per_request'] - r['off-dir']['per_request'])} | | |",
         ]
+    if "identity" in r:
+        # cf_access_identity, once the session's identity is cached: what an identity-cache
+        # hit adds to a token-cache hit.
+        ident = r["identity"]["per_request"]
+        lines += [
+            f"| (2)/(11): cache hit vs identity-cache hit (`cf_access_identity`) | "
+            f"{hit / ident:.3f} | >= 0.95 | {'PASS' if hit / ident >= 0.95 else 'MISS'} |",
+            f"| ((11) − (2)): an identity-cache hit's cost over a cache hit, Ir | "
+            f"{fmt(ident - hit)} | | |",
+        ]
     if len(runs) > 1:
         def counts(run):
             return [run[s.key]["total"] for s in chosen], run["core"]
@@ -229,7 +285,7 @@ def instructions_report(ctx, chosen, runs):
         lines += ["", "Identical in every run: " + ("yes" if same else "NO") + "."]
         if not same:
             WARNINGS.append("the instruction counts differ between runs")
-    for key in ("hit", "full"):
+    for key in [k for k in ("hit", "identity", "full") if k in r]:
         s = BY_KEY[key]
         x = r[key]
         top = sorted(x["funcs"].items(), key=lambda kv: -kv[1])[:15]

@@ -15,7 +15,8 @@ class Scenario:
     key: str
     name: str
     server: str  # "A": the default cache; "B": cf_access_cache_size 0
-    access: str  # "off", "on" (cf_access) or "auth_request": the location's directive
+    access: str  # the location (LOCATIONS): "off", "on" (cf_access), "auth_request", "tf"
+    # (try_files) or "identity" (cf_access on + cf_access_identity)
     token: str  # "one": one token repeated; "pool": a new token every request; "none"
     status: int  # what every response must be
     path: str = "index.html"  # what is requested, after the location's prefix
@@ -51,13 +52,26 @@ SCENARIOS = [
              path="", instructions=True, throughput=False),
     Scenario(10, "off-dir", "cf_access off, directory URL", "A", "off", "one", 200,
              path="", instructions=True, throughput=False),
+    # (2) with cf_access_identity: after the first request (one get-identity subrequest),
+    # every request is a token-cache hit and an identity-cache hit.
+    Scenario(11, "identity", "on + identity, one token (both cached)", "A",
+             "identity", "one", 200, instructions=True, note="³"),
 ]
 BY_KEY = {s.key: s for s in SCENARIOS}
 # Run first in every round, right before `openssl speed` and the core alone (see throughput()).
 PAIRED = ["off", "full"]
 THROUGHPUT = [s for s in SCENARIOS if s.throughput]
+# The order of the other scenarios in a round: (11) right after (2), the scenario its target
+# compares it with, so that the two are measured within seconds of each other.
+ROUND_ORDER = [s for s in THROUGHPUT if s.key not in PAIRED and s.key != "identity"]
+ROUND_ORDER.insert(ROUND_ORDER.index(BY_KEY["hit"]) + 1, BY_KEY["identity"])
 # Throughput: one nginx serves several scenarios, each from its own location.
-LOCATIONS = {"off": "/off/", "on": "/on/", "auth_request": "/ar/", "tf": "/tf/"}
+LOCATIONS = {"off": "/off/", "on": "/on/", "auth_request": "/ar/", "tf": "/tf/",
+             "identity": "/id/"}
+# cf-access-dev serve's get-identity stand-in (the first request of every session waits
+# for it): every user is in these groups, and every answer takes this long.
+IDENTITY_GROUPS = ["Eng", "Finance"]
+IDENTITY_DELAY_MS = 20
 CACHE_LINES = {
     "A": "# cf_access_cache_size: the module's default",
     "B": "cf_access_cache_size 0;",
@@ -79,7 +93,21 @@ TARGETS = [
     Target("(2)/(6): module vs auth_request", "hit", "auth_request", 30),
     Target("(7)/(5): directory URL vs file URL, cache off", "dir", "no-cache", 0.95),
     Target("(8)/(5): try_files redirect vs file URL, cache off", "try_files", "no-cache", 0.95),
+    Target("(11)/(2): identity-cache hit vs cache hit", "identity", "hit", 0.95),
 ]
+
+
+def identity_location(ctx):
+    """The internal location cf_access_identity's subrequests go to: get-identity of the
+    bench's cf-access-dev serve, the token in the CF_Authorization cookie."""
+    return f"""location = /_cf_identity {{
+            internal;
+            proxy_pass {ctx.identity_url};
+            proxy_pass_request_headers off;
+            proxy_set_header Cookie "CF_Authorization=$cf_access_token";
+            proxy_read_timeout 5s;
+            subrequest_output_buffer_size 64k;
+        }}"""
 
 
 def nginx_conf(ctx, name, port, cache_line, instructions_access=None):
@@ -95,6 +123,10 @@ def nginx_conf(ctx, name, port, cache_line, instructions_access=None):
         root = os.path.join(html, "on")
         # Every request on one connection (nginx closes it after 1000 by default).
         locations = f"keepalive_requests 1000000;\n        location / {{ cf_access {instructions_access}; }}"
+        if instructions_access == "identity":
+            locations = locations.replace("cf_access identity;",
+                                          "cf_access on; cf_access_identity /_cf_identity;")
+            locations += "\n        " + identity_location(ctx)
         if instructions_access != "unused":
             # As in any real use, something is protected: the module has a key store and
             # its refresher thread (which makes libc's syscall wrappers take their
@@ -109,6 +141,15 @@ def nginx_conf(ctx, name, port, cache_line, instructions_access=None):
         location /on/  {{ cf_access on; }}
         location /tf/  {{ cf_access on; try_files $uri /on/index.html; }}
         location /ar/  {{ auth_request /_verify; }}
+        location /id/  {{ cf_access on; cf_access_identity /_cf_identity; }}
+        # For the sanity check only: the groups the identity brought.
+        location /idg/ {{
+            cf_access on; cf_access_identity /_cf_identity;
+            alias {html}/id/;
+            add_header X-Groups $cf_access_groups always;
+        }}
+        {identity_location(ctx)}
+        location = /metrics {{ cf_access off; cf_access_metrics; }}
         location = /_verify {{
             internal;
             proxy_pass http://127.0.0.1:{ctx.verifier_port}/verify;
