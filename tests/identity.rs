@@ -332,3 +332,55 @@ fn a_waiting_client_that_goes_away_leaves_the_others_served() {
     assert!(nginx.error_log().contains("client prematurely closed connection"));
     nginx.assert_clean(&[]);
 }
+
+/// HTTP/2: the streams of one connection are requests of their own; parked ones are woken
+/// through their stream's write event. (curl is the client: it speaks h2c.)
+#[test]
+fn http2_streams_of_a_session_share_one_subrequest() {
+    let (key, certs, nginx) = start_site(|certs| {
+        let mut b = Nginx::builder().file("eng/index.html", "eng\n");
+        b = b.http(&format!(
+            r#"
+    cf_access_team_domain {TEAM};
+    cf_access_aud {AUD};
+    cf_access_certs_url {certs};
+    map $cf_access_groups $is_eng {{
+        "~\"Eng\"" 1;
+        default "";
+    }}
+    server {{
+        listen 127.0.0.1:{{PORT}} http2;
+        root {{PREFIX}}/html;
+        cf_access on;
+        cf_access_identity /_cf_identity;
+        location /eng/ {{
+            cf_access_require $is_eng;
+        }}
+        location = /_cf_identity {{
+            internal;
+            proxy_pass {identity};
+            proxy_pass_request_headers off;
+            proxy_set_header Cookie "CF_Authorization=$cf_access_token";
+        }}
+    }}
+"#,
+            certs = certs.url(),
+            identity = certs.identity_url(),
+        ));
+        b.start()
+    });
+    certs.set_identity(IdentityConfig::new().with_groups(groups(&["Eng"])).with_delay_ms(300));
+    let t = token(&key);
+    let url = format!("http://127.0.0.1:{}/eng/", nginx.port());
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "--parallel", "--parallel-immediate"])
+        .args(["-H", &format!("{HDR}: {t}"), "-w", "%{http_version} %{http_code}\\n"])
+        .args(["-o", "/dev/null", "--max-time", "10"])
+        .args(std::iter::repeat(url.as_str()).take(6))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| *l == "2 200").count(), 6, "{text}{}", nginx.error_log());
+    assert_eq!(certs.identity_hits(), 1, "six streams, one subrequest");
+    nginx.assert_clean(&[]);
+}
