@@ -376,7 +376,7 @@ fn http2_streams_of_a_session_share_one_subrequest() {
         .args(["-s", "--http2-prior-knowledge", "--parallel", "--parallel-immediate"])
         .args(["-H", &format!("{HDR}: {t}"), "-w", "%{http_version} %{http_code}\\n"])
         .args(["-o", "/dev/null", "--max-time", "10"])
-        .args(std::iter::repeat(url.as_str()).take(6))
+        .args(std::iter::repeat_n(url.as_str(), 6))
         .output()
         .expect("run curl");
     let text = String::from_utf8_lossy(&out.stdout);
