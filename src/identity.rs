@@ -21,12 +21,12 @@ use cf_access_core::identity::{Identity, IdentityCache, IdentityError, Lookup, S
 use ngx::ffi::{
     ngx_event_t, ngx_http_block_reading, ngx_http_core_run_phases, ngx_http_post_subrequest_t,
     ngx_http_request_body_t, ngx_http_request_t, ngx_http_subrequest, ngx_http_test_reading,
-    ngx_int_t, ngx_pcalloc, ngx_pool_cleanup_add, ngx_pool_t, ngx_post_event, ngx_posted_events,
-    ngx_str_t, NGX_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_HTTP_SUBREQUEST_IN_MEMORY,
-    NGX_HTTP_SUBREQUEST_WAITED, NGX_OK,
+    ngx_int_t, ngx_pcalloc, ngx_post_event, ngx_posted_events, NGX_ERROR,
+    NGX_HTTP_SPECIAL_RESPONSE, NGX_HTTP_SUBREQUEST_IN_MEMORY, NGX_HTTP_SUBREQUEST_WAITED, NGX_OK,
 };
 use ngx::http::Request;
 
+use crate::pool::{copy_str, drop_value, keep};
 use crate::verdict::{self, RequestCtx};
 use crate::{time, zone};
 
@@ -243,7 +243,6 @@ impl Fetch {
 }
 
 type PostFn = unsafe extern "C" fn(*mut ngx_http_request_t, *mut c_void, ngx_int_t) -> ngx_int_t;
-type CleanupFn = unsafe extern "C" fn(*mut c_void);
 
 /// Starts the subrequest to `ctx`'s `cf_access_identity` location.
 fn start(
@@ -377,42 +376,4 @@ fn answer(
         }
     };
     Identity::parse(body, session).map(Arc::new)
-}
-
-/// Moves `value` into `pool`, dropped (by `handler`) with it.
-fn keep<T>(pool: *mut ngx_pool_t, value: T, handler: CleanupFn) -> Option<*mut T> {
-    // SAFETY: the pool is live; nginx returns null or an entry whose `data` points at `size`
-    // fresh bytes of the pool, aligned to NGX_ALIGNMENT.
-    let cln = unsafe { ngx_pool_cleanup_add(pool, mem::size_of::<T>()) };
-    if cln.is_null() {
-        return None;
-    }
-    // SAFETY: the entry just added (its handler still unset).
-    let cln = unsafe { &mut *cln };
-    let p = cln.data.cast::<T>();
-    if p.is_null() || !p.is_aligned() {
-        return None;
-    }
-    // SAFETY: fresh, large enough and aligned (checked).
-    unsafe { p.write(value) };
-    cln.handler = Some(handler);
-    Some(p)
-}
-
-/// Drops a value [`keep`] put in a pool, as the pool is destroyed.
-unsafe extern "C" fn drop_value<T>(data: *mut c_void) {
-    // SAFETY: `data` holds the T `keep` wrote; nginx calls this once.
-    unsafe { ptr::drop_in_place(data.cast::<T>()) };
-}
-
-/// `s` copied into `pool`.
-fn copy_str(pool: *mut ngx_pool_t, s: &str) -> Option<ngx_str_t> {
-    // SAFETY: the pool is live.
-    let p = unsafe { ngx::ffi::ngx_pnalloc(pool, s.len().max(1)) }.cast::<u8>();
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: `p` has room for `s` and does not overlap it.
-    unsafe { ptr::copy_nonoverlapping(s.as_ptr(), p, s.len()) };
-    Some(ngx_str_t { len: s.len(), data: p })
 }

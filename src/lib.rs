@@ -26,6 +26,7 @@ mod lifecycle;
 mod log;
 mod metrics;
 mod pitfalls;
+mod pool;
 mod refresher;
 mod signals;
 mod time;

@@ -22,8 +22,8 @@ use ngx::ffi::{
 };
 use ngx::http::Request;
 
-use crate::identity;
 use crate::verdict::{self, RequestCtx};
+use crate::{identity, pool};
 
 /// How a variable reads its value from a request's verdict; `name` is the full variable
 /// name (for the prefix variables).
@@ -170,15 +170,10 @@ fn set_value(r: &Request, v: &mut ngx_variable_value_t, value: Option<Cow<'_, st
         // Borrowed from the request's context (or static): outlives the variable.
         Cow::Borrowed(s) => s.as_ptr().cast_mut(),
         // Computed now: copied into the request's pool.
-        Cow::Owned(s) => {
-            let p = r.pool().alloc(s.len().max(1)).cast::<u8>();
-            if p.is_null() {
-                return NgxStatus::NGX_ERROR.into();
-            }
-            // SAFETY: p has room for s.len() bytes and does not overlap s.
-            unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), p, s.len()) };
-            p
-        }
+        Cow::Owned(s) => match pool::copy_str(r.as_ref().pool, s) {
+            Some(copy) => copy.data,
+            None => return NgxStatus::NGX_ERROR.into(),
+        },
     };
     v.data = data;
     v.set_len(value.len() as u32);

@@ -7,23 +7,23 @@
 
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
+use std::ptr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::{mem, ptr};
 
 use cf_access_core::decide::{self, Check, Decision};
 use cf_access_core::identity::{Lookup, Session};
 use cf_access_core::{Status, TokenCache, Verified, VerifyError};
 use ngx::core::Status as NgxStatus;
 use ngx::ffi::{
-    ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_request_t, ngx_int_t,
-    ngx_pool_cleanup_add, ngx_str_t, NGX_LOG_INFO, NGX_OK,
+    ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_request_t, ngx_int_t, ngx_str_t,
+    NGX_LOG_INFO, NGX_OK,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, Request};
 
 use crate::conf::{IdentityFailure, Mode, ModeSetting, Verifier};
-use crate::{time, zone, Module};
+use crate::{pool, time, zone, Module};
 
 /// One request's verdict under one location's settings, in the request's pool.
 pub struct RequestCtx {
@@ -76,21 +76,7 @@ impl RequestCtx {
     /// with the pool, and by which [`RequestCtx::own`] finds it again after an internal
     /// redirect), and as the module's context.
     pub fn set(r: &Request, ctx: RequestCtx) -> Option<&RequestCtx> {
-        // SAFETY: the request's pool is live; nginx returns null or an entry whose `data`
-        // points at `size` fresh bytes of the pool, aligned to NGX_ALIGNMENT.
-        let cln = unsafe { ngx_pool_cleanup_add(r.as_ref().pool, mem::size_of::<RequestCtx>()) };
-        if cln.is_null() {
-            return None;
-        }
-        // SAFETY: `cln` is the entry just added (its handler is still unset).
-        let cln = unsafe { &mut *cln };
-        let p = cln.data.cast::<RequestCtx>();
-        if p.is_null() || !p.is_aligned() {
-            return None;
-        }
-        // SAFETY: `p` is fresh, large enough and aligned (checked above).
-        unsafe { p.write(ctx) };
-        cln.handler = Some(drop_ctx);
+        let p = pool::keep(r.as_ref().pool, ctx, drop_ctx)?;
         r.set_module_ctx(p.cast(), Module::module());
         // SAFETY: just written; the pool outlives the request's use of it.
         Some(unsafe { &*p })
@@ -113,7 +99,7 @@ impl RequestCtx {
         while !cln.is_null() {
             // SAFETY: a live entry of the list (entries are never freed before the pool).
             let entry = unsafe { &*cln };
-            if entry.handler.is_some_and(|h| ptr::fn_addr_eq(h, drop_ctx as CleanupFn)) {
+            if entry.handler.is_some_and(|h| ptr::fn_addr_eq(h, drop_ctx as pool::CleanupFn)) {
                 // SAFETY: entries with our handler hold a RequestCtx written by `set`.
                 let ctx = unsafe { &*entry.data.cast::<RequestCtx>() };
                 // The newest entry comes first: the verdict of the last location checked.
@@ -136,8 +122,6 @@ impl RequestCtx {
         })
     }
 }
-
-type CleanupFn = unsafe extern "C" fn(*mut c_void);
 
 /// Drops a verdict as its request's pool is destroyed.
 unsafe extern "C" fn drop_ctx(data: *mut c_void) {
