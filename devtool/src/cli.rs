@@ -432,12 +432,14 @@ pub fn mint_claims(m: &Mint, now: i64) -> Value {
     if let Some(off) = m.nbf_offset {
         claims["nbf"] = Value::from(now + off);
     }
-    let obj = claims.as_object_mut().expect("claims are an object");
-    for (n, v) in &m.claims {
-        obj.insert(n.clone(), v.clone());
-    }
-    for n in &m.remove {
-        obj.remove(n);
+    // user_claims and service_claims build JSON objects.
+    if let Some(obj) = claims.as_object_mut() {
+        for (n, v) in &m.claims {
+            obj.insert(n.clone(), v.clone());
+        }
+        for n in &m.remove {
+            obj.remove(n);
+        }
     }
     claims
 }

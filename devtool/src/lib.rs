@@ -60,6 +60,7 @@ impl std::fmt::Debug for KeyPair {
 impl KeyPair {
     /// A fresh RSA-2048 key. Its kid is the lowercase hex SHA-256 of the DER
     /// (SubjectPublicKeyInfo) public key: 64 hex chars, like Cloudflare's.
+    #[allow(clippy::expect_used, reason = "cannot fail: encodings, the RNG")]
     pub fn generate() -> KeyPair {
         let inner = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
             .expect("RSA-2048 key generation failed");
@@ -82,6 +83,7 @@ impl KeyPair {
         Err("no \"-----BEGIN PRIVATE KEY-----\" PEM block found".to_string())
     }
 
+    #[allow(clippy::expect_used, reason = "cannot fail: encodings, the RNG")]
     fn from_inner(inner: aws_lc_rs::rsa::KeyPair) -> KeyPair {
         let public = inner.public_key();
         let spki_der = public.as_der().expect("encode RSA public key").as_ref().to_vec();
@@ -92,6 +94,7 @@ impl KeyPair {
     }
 
     /// The private key as PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+    #[allow(clippy::expect_used, reason = "cannot fail: encodings, the RNG")]
     pub fn to_pkcs8_pem(&self) -> String {
         let der = self.inner.as_der().expect("encode PKCS#8");
         pem_encode("PRIVATE KEY", der.as_ref())
@@ -137,6 +140,7 @@ impl KeyPair {
 
     /// Signs `msg` with `alg`: `RS256`, `RS384`, `RS512` or `PS256`.
     /// Panics on any other algorithm.
+    #[allow(clippy::expect_used, reason = "cannot fail: encodings, the RNG")]
     pub fn sign(&self, alg: &str, msg: &[u8]) -> Vec<u8> {
         use aws_lc_rs::signature as sig;
         let padding: &'static dyn sig::RsaEncoding = match alg {
@@ -279,6 +283,7 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+#[allow(clippy::expect_used, reason = "cannot fail: encodings, the RNG")]
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
     aws_lc_rs::rand::fill(&mut buf).expect("system RNG failed");
@@ -307,6 +312,7 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+#[allow(clippy::expect_used, reason = "cannot fail: encodings, the RNG")]
 fn pem_encode(label: &str, der: &[u8]) -> String {
     let b = STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");

@@ -66,6 +66,7 @@ pub struct ConnectProxy {
 
 impl ConnectProxy {
     /// Starts on `127.0.0.1:0`. Panics if it cannot bind.
+    #[allow(clippy::expect_used, reason = "a fixture: panics if it cannot start")]
     pub fn start() -> ConnectProxy {
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .expect("bind 127.0.0.1:0");

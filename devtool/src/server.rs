@@ -149,6 +149,7 @@ pub struct CertsServer {
 
 impl CertsServer {
     /// Starts on `127.0.0.1:0`. Panics if it cannot bind.
+    #[allow(clippy::expect_used, reason = "a fixture: panics if it cannot start")]
     pub fn start(initial: Behavior) -> CertsServer {
         Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), Source::Fixed(initial), None)
             .expect("bind 127.0.0.1:0")

@@ -107,6 +107,7 @@ impl TlsCertsServer {
 
     /// Makes the CA and server certificate and starts serving `behavior`;
     /// returns once it accepts connections. Panics on any failure.
+    #[allow(clippy::expect_used, reason = "a fixture: panics on a broken temp dir")]
     pub fn start_with(behavior: Behavior) -> TlsCertsServer {
         let dir = TempDir::new();
         let d = dir.0.clone();
@@ -159,6 +160,7 @@ impl TlsCertsServer {
     }
 
     /// The contents of [`ca_pem_path`](Self::ca_pem_path).
+    #[allow(clippy::expect_used, reason = "a fixture: panics on a broken temp dir")]
     pub fn ca_pem(&self) -> String {
         fs::read_to_string(&self.ca_pem).expect("read ca.pem")
     }
@@ -195,6 +197,7 @@ impl TlsCertsServer {
 /// The rustls configuration serving `cert` (PEM, the leaf) with `key`, with
 /// an explicit ring provider (the process-wide default is neither used nor
 /// installed).
+#[allow(clippy::expect_used, reason = "a fixture: panics on a broken temp dir")]
 fn server_config(cert: &Path, key: &Path) -> Arc<ServerConfig> {
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
