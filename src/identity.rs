@@ -13,7 +13,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::{mem, ptr};
 
@@ -90,7 +89,7 @@ pub unsafe fn resolve(r: *mut ngx_http_request_t, ctx: &RequestCtx) -> Progress 
 /// `session`'s identity for `ctx`: `Done` when had now (the cache) or not to be had.
 fn get(r: *mut ngx_http_request_t, ctx: &RequestCtx, session: Session) -> Progress {
     if let Some(identity) = CACHE.with_borrow_mut(|c| c.get(&session, time::request_now())) {
-        count(|c| &c.identity_hits);
+        zone::count(1, |c| &c.identity_hits);
         ctx.identity.replace(Lookup::Ready(identity));
         return Progress::Done;
     }
@@ -103,25 +102,18 @@ fn get(r: *mut ngx_http_request_t, ctx: &RequestCtx, session: Session) -> Progre
     } else {
         match start(r, ctx, &session) {
             Ok(()) => {
-                count(|c| &c.identity_fetches);
+                zone::count(1, |c| &c.identity_fetches);
                 IN_FLIGHT.with_borrow_mut(|f| f.insert(session.clone(), Vec::new()));
                 (Lookup::Fetching(session), Progress::Wait)
             }
             Err(why) => {
-                count(|c| &c.identity_failures);
+                zone::count(1, |c| &c.identity_failures);
                 (Lookup::Unavailable(IdentityError::Failed(why.into())), Progress::Done)
             }
         }
     };
     ctx.identity.replace(lookup);
     progress
-}
-
-/// Counts an identity event, instance-wide. Lock-free.
-fn count(counter: impl FnOnce(&cf_access_core::zone::Counters) -> &std::sync::atomic::AtomicU64) {
-    if let Some(zone) = zone::current() {
-        counter(zone.counters()).fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// Lists `r` as waiting for `session`'s subrequest; its pool's cleanup unlists it.
@@ -322,7 +314,7 @@ unsafe extern "C" fn fetched(
             Lookup::Ready(identity)
         }
         Err(e) => {
-            count(|c| &c.identity_failures);
+            zone::count(1, |c| &c.identity_failures);
             Lookup::Unavailable(e)
         }
     };

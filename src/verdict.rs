@@ -9,7 +9,6 @@ use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::ptr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use cf_access_core::decide::{self, Check, Decision};
@@ -376,23 +375,13 @@ fn log_denial(r: &Request, mode: Mode, status: Status, why: &str) {
 
 /// Counts a request's final verdict, instance-wide. Lock-free.
 fn count_verdict(status: Status) {
-    if let Some(zone) = zone::current() {
-        zone.counters().requests[status.index()].fetch_add(1, Ordering::Relaxed);
-    }
+    zone::count(1, |c| &c.requests[status.index()]);
 }
 
 /// Counts verified-token cache lookups, instance-wide. Lock-free.
 fn count_lookups((hits, misses): (u64, u64)) {
-    let Some(zone) = zone::current() else {
-        return;
-    };
-    let c = zone.counters();
-    if hits > 0 {
-        c.cache_hits.fetch_add(hits, Ordering::Relaxed);
-    }
-    if misses > 0 {
-        c.cache_misses.fetch_add(misses, Ordering::Relaxed);
-    }
+    zone::count(hits, |c| &c.cache_hits);
+    zone::count(misses, |c| &c.cache_misses);
 }
 
 /// The log phase: counts the main request's final verdict once, whatever internal redirects

@@ -7,9 +7,9 @@
 
 use std::ffi::c_void;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-use cf_access_core::zone::Zone;
+use cf_access_core::zone::{Counters, Zone};
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_list_part_t, ngx_shared_memory_add, ngx_shm_zone_t,
@@ -105,6 +105,17 @@ pub fn attach(cycle: &ngx_cycle_t) -> Option<Zone> {
         part = next;
     }
     None
+}
+
+/// Adds `n` to one of the instance-wide counters (`counter` picks it), lock-free; nothing
+/// when `n` is 0 or no zone is attached.
+pub fn count(n: u64, counter: impl FnOnce(&Counters) -> &AtomicU64) {
+    if n == 0 {
+        return;
+    }
+    if let Some(zone) = current() {
+        counter(zone.counters()).fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// The zone attached last in this process.
