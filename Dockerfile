@@ -15,8 +15,9 @@
 #                  image on stand-ins for nginx:1.30.6 and nginx:1.28.3)
 #   NGINX_IMAGE    the runtime image, an official nginx image (default nginx:NGINX_VERSION);
 #                  the module is built in it as well, so it matches its nginx -V exactly
-#   RUST_IMAGE     where the Rust toolchain is copied from: any image with rustup's layout,
-#                  /usr/local/cargo and /usr/local/rustup, like the official rust images
+#   RUST_IMAGE     where the Rust toolchain comes from: any image with rustup's layout,
+#                  /usr/local/cargo and /usr/local/rustup, like the official rust images;
+#                  mounted for the one build step, not copied into a layer
 #   NGINX_SOURCE   nginx's source: empty (download nginx-NGINX_VERSION.tar.gz from nginx.org),
 #                  a URL of a release tarball, or a path in the build context (a source tree
 #                  or a tarball), e.g. vendor/nginx-src/nginx after `cargo vendor vendor`
@@ -40,10 +41,10 @@ ARG NGINX_VERSION=1.30.6
 ARG NGINX_IMAGE=nginx:${NGINX_VERSION}
 ARG RUST_IMAGE=rust:1.95.0-slim
 
-# --- the toolchain, copied from RUST_IMAGE ---------------------------------------------------
+# --- the toolchain, from RUST_IMAGE ---------------------------------------------------------
 FROM ${RUST_IMAGE} AS toolchain
 
-# --- build: the runtime image, plus build dependencies and the toolchain ---------------------
+# --- build: the runtime image, plus build dependencies; the toolchain mounted ----------------
 FROM ${NGINX_IMAGE} AS build
 ARG NGINX_SOURCE=
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -58,15 +59,17 @@ ENV RUSTUP_HOME=/usr/local/rustup \
     CARGO_HOME=/usr/local/cargo \
     PATH=/usr/local/cargo/bin:$PATH \
     CARGO_TERM_PROGRESS_WHEN=never
-COPY --from=toolchain /usr/local/rustup /usr/local/rustup
-COPY --from=toolchain /usr/local/cargo /usr/local/cargo
 WORKDIR /src
 COPY . .
 # Crates from vendor/ when the context has it; nginx's source from NGINX_SOURCE (see above).
 # nginx -V of this image's /usr/sbin/nginx gives the version and configure arguments; the
 # script checks that this nginx loads the result. The cache of cargo's output is one per
 # base image's release: build scripts compiled on a newer glibc do not run on an older one.
-RUN --mount=type=cache,target=/src/target \
+# The toolchain is bind-mounted from RUST_IMAGE, writable (what cargo writes to CARGO_HOME
+# is dropped with the mount): no layer holds a copy of it.
+RUN --mount=type=bind,from=toolchain,source=/usr/local/rustup,target=/usr/local/rustup,rw \
+    --mount=type=bind,from=toolchain,source=/usr/local/cargo,target=/usr/local/cargo,rw \
+    --mount=type=cache,target=/src/target \
     if [ -d vendor ]; then \
         printf '%s\n' '[source.crates-io]' 'replace-with = "vendored-sources"' \
             '[source.vendored-sources]' 'directory = "/src/vendor"' '[net]' 'offline = true' \
