@@ -81,6 +81,10 @@ pub unsafe fn resolve(r: *mut ngx_http_request_t, ctx: &RequestCtx) -> Progress 
             waiting => return waiting,
         }
     }
+    // SAFETY: `r` is live (the caller's contract) and has a connection with a log. A
+    // subrequest leaves its last action there ("sending to client"); the phases run without
+    // one, as `ngx_http_handler` starts them, so the verdict's line says no "while ...".
+    unsafe { (*(*(*r).connection).log).action = ptr::null_mut() };
     // SAFETY: `r` is live (the caller's contract); this reference is the only one in use.
     verdict::judge(unsafe { Request::from_ngx_http_request(r) }, ctx);
     Progress::Done

@@ -228,6 +228,8 @@ fn every_failure_refuses_or_lets_through_as_configured() {
             lines.lines().filter(|l| l.contains("access denied (identity_unavailable)")).collect();
         assert_eq!(denied.len(), 1, "{fault:?}: {lines}");
         assert!(denied[0].contains(why), "{fault:?}: {lines}");
+        // Said as the access check it is, not as what the subrequest was doing last.
+        assert!(!denied[0].contains(" while sending to client"), "{fault:?}: {lines}");
         let r = get(&nginx, "/allow/", &token(&key));
         assert_eq!((r.status, r.body.as_str()), (200, "allowed\n"), "{fault:?}");
         assert_eq!((r.header("X-Status"), r.header("X-Groups")), (Some("ok"), None));
