@@ -264,7 +264,7 @@ fn record<'r>(
 /// Whether `r` is to get the identity of its verified token under `verifier`: a main
 /// request, with a user token, where `cf_access_identity` is set.
 fn wanted(r: &Request, verifier: &Verifier, verified: Option<&Arc<Verified>>) -> Lookup {
-    match verified.and_then(|v| Session::of(v)) {
+    match verified.and_then(Session::of) {
         Some(session) if verifier.identity.is_some() && r.is_main() => Lookup::Wanted(session),
         _ => Lookup::NotWanted,
     }

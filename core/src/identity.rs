@@ -38,17 +38,12 @@ pub enum IdentityError {
     OtherUser(&'static str),
 }
 
-/// `(iss, sub, identity_nonce)`.
-type SessionKey = (String, String, String);
-
-/// Who the answer must be about, and the session it is cached under (two sessions are the
-/// same when their key is).
+/// Who the answer must be about, and the session it is cached under: the verified user
+/// token itself (shared with the request and the token cache, not copied: a cache hit
+/// allocates nothing), two sessions being the same when their `key` is.
 #[derive(Debug, Clone)]
 pub struct Session {
-    /// `iss` (the team), `sub`, `identity_nonce`: a user's identity is never served for
-    /// another token's session.
-    key: SessionKey,
-    email: String,
+    token: Arc<Verified>,
     /// The token's `exp` (unix seconds): the answer is not used after it.
     pub expires: i64,
 }
@@ -56,28 +51,34 @@ pub struct Session {
 impl Session {
     /// The session of a verified user token; `None` for a service token (no user, so no
     /// identity to fetch) or a token without the claims a session needs.
-    pub fn of(verified: &Verified) -> Option<Session> {
+    pub fn of(verified: &Arc<Verified>) -> Option<Session> {
         let id = &verified.identity;
         if !id.common_name.is_empty() || id.email.is_empty() || id.sub.is_empty() {
             return None;
         }
         let expires = verified.claims.exp.filter(|e| e.is_finite())? as i64;
-        let iss = verified.claims.iss.clone().unwrap_or_default();
-        Some(Session {
-            key: (iss, id.sub.clone(), id.identity_nonce.clone()),
-            email: id.email.clone(),
-            expires,
-        })
+        Some(Session { token: Arc::clone(verified), expires })
+    }
+
+    /// `iss` (the team), `sub`, `identity_nonce`: a user's identity is never served for
+    /// another token's session.
+    fn key(&self) -> (&str, &str, &str) {
+        let t = &*self.token;
+        (t.claims.iss.as_deref().unwrap_or_default(), &t.identity.sub, &t.identity.identity_nonce)
+    }
+
+    fn email(&self) -> &str {
+        &self.token.identity.email
     }
 
     fn sub(&self) -> &str {
-        &self.key.1
+        &self.token.identity.sub
     }
 }
 
 impl PartialEq for Session {
     fn eq(&self, other: &Session) -> bool {
-        self.key == other.key
+        self.key() == other.key()
     }
 }
 
@@ -85,7 +86,7 @@ impl Eq for Session {}
 
 impl Hash for Session {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.key.hash(state);
+        self.key().hash(state);
     }
 }
 
@@ -144,7 +145,7 @@ impl Identity {
             Err(e) => return Err(IdentityError::Json(e.to_string())),
         };
         let email = fields.get("email").and_then(Value::as_str).unwrap_or_default();
-        if !email.eq_ignore_ascii_case(&session.email) {
+        if !email.eq_ignore_ascii_case(session.email()) {
             return Err(IdentityError::OtherUser("email"));
         }
         if fields.get("user_uuid").is_some_and(|u| u.as_str() != Some(session.sub())) {
@@ -192,7 +193,8 @@ impl Identity {
 
 /// A worker's identities, by session: bounded, and never past a token's `exp`.
 pub struct IdentityCache {
-    lru: Option<LruCache<SessionKey, (Arc<Identity>, i64)>>,
+    /// Each identity with the `exp` of the token it was fetched for.
+    lru: Option<LruCache<Session, (Arc<Identity>, i64)>>,
 }
 
 impl IdentityCache {
@@ -204,10 +206,10 @@ impl IdentityCache {
     /// `session`'s identity, if cached and its token has not expired at `now`.
     pub fn get(&mut self, session: &Session, now: i64) -> Option<Arc<Identity>> {
         let lru = self.lru.as_mut()?;
-        match lru.get(&session.key) {
+        match lru.get(session) {
             Some((identity, expires)) if now < *expires => Some(identity.clone()),
             Some(_) => {
-                lru.pop(&session.key);
+                lru.pop(session);
                 None
             }
             None => None,
@@ -216,7 +218,7 @@ impl IdentityCache {
 
     pub fn put(&mut self, session: &Session, identity: Arc<Identity>) {
         if let Some(lru) = self.lru.as_mut() {
-            lru.put(session.key.clone(), (identity, session.expires));
+            lru.put(session.clone(), (identity, session.expires));
         }
     }
 
@@ -233,12 +235,19 @@ impl IdentityCache {
 mod tests {
     use super::*;
 
-    fn session(email: &str, sub: &str, nonce: &str, expires: i64) -> Session {
-        Session {
-            key: ("https://t.cloudflareaccess.com".into(), sub.into(), nonce.into()),
-            email: email.into(),
-            expires,
-        }
+    use crate::fixtures::{keys, policy, set, token, NOW, TEAM};
+
+    /// The session of a user token for `email`, `sub` and `nonce`, valid until NOW + 100.
+    fn session(email: &str, sub: &str, nonce: &str) -> Session {
+        let (key, _) = keys();
+        let token = token(key, |c| {
+            c["email"] = email.into();
+            c["sub"] = sub.into();
+            c["identity_nonce"] = nonce.into();
+            c["exp"] = (NOW + 100).into();
+        });
+        let verified = crate::verify(&token, Some(&set(&[key])), &policy(), NOW).unwrap();
+        Session::of(&Arc::new(verified)).unwrap()
     }
 
     const ANSWER: &str = r#"{"email":"Ann@Example.com","user_uuid":"u-1","name":"Ann",
@@ -248,7 +257,7 @@ mod tests {
 
     #[test]
     fn an_answer_for_the_tokens_user_gives_its_groups_and_fields() {
-        let s = session("ann@example.com", "u-1", "n1", 100);
+        let s = session("ann@example.com", "u-1", "n1");
         let id = Identity::parse(ANSWER.as_bytes(), &s).unwrap();
         assert_eq!(id.group_names(), r#"["Finance","Eng \"core\"","Plain"]"#);
         assert_eq!(id.group_ids(), r#"["02fk","04k6"]"#);
@@ -263,8 +272,8 @@ mod tests {
 
     #[test]
     fn an_answer_for_someone_else_or_not_an_identity_is_refused() {
-        let s = session("ann@example.com", "u-1", "n1", 100);
-        let other = session("bob@example.com", "u-1", "n1", 100);
+        let s = session("ann@example.com", "u-1", "n1");
+        let other = session("bob@example.com", "u-1", "n1");
         assert_eq!(
             Identity::parse(ANSWER.as_bytes(), &other).unwrap_err(),
             IdentityError::OtherUser("email")
@@ -293,39 +302,42 @@ mod tests {
 
     #[test]
     fn user_tokens_have_a_session_service_tokens_none() {
-        use crate::fixtures::{keys, policy, set, token, NOW, TEAM};
         let (key, _) = keys();
         let keys = set(&[key]);
-        let user = crate::verify(&token(key, |_| {}), Some(&keys), &policy(), NOW).unwrap();
+        let user =
+            Arc::new(crate::verify(&token(key, |_| {}), Some(&keys), &policy(), NOW).unwrap());
         let s = Session::of(&user).unwrap();
-        assert_eq!((s.email.as_str(), s.expires), ("a@example.com", NOW + 600));
-        assert_eq!(s.key.0, format!("https://{TEAM}"));
-        assert_eq!(s.key.2, user.identity.identity_nonce);
+        assert_eq!((s.email(), s.expires), ("a@example.com", NOW + 600));
+        let iss = format!("https://{TEAM}");
+        assert_eq!(
+            s.key(),
+            (iss.as_str(), user.identity.sub.as_str(), user.identity.identity_nonce.as_str())
+        );
         let claims = cf_access_dev::service_claims(TEAM, "aud", "ab.access", NOW, 600);
         let service = cf_access_dev::mint(key, &claims);
-        let service = crate::verify(&service, Some(&keys), &policy(), NOW).unwrap();
+        let service = Arc::new(crate::verify(&service, Some(&keys), &policy(), NOW).unwrap());
         assert!(Session::of(&service).is_none());
     }
 
     #[test]
     fn the_cache_is_per_session_bounded_and_ends_with_the_token() {
         let mut cache = IdentityCache::new(2);
-        let ann = session("ann@example.com", "u-1", "n1", 100);
+        let ann = session("ann@example.com", "u-1", "n1");
         let id = Arc::new(Identity::parse(ANSWER.as_bytes(), &ann).unwrap());
         cache.put(&ann, id.clone());
-        assert!(cache.get(&ann, 99).is_some_and(|c| Arc::ptr_eq(&c, &id)));
+        assert!(cache.get(&ann, NOW + 99).is_some_and(|c| Arc::ptr_eq(&c, &id)));
         // Another nonce (a new login) or another user: not this identity.
-        assert!(cache.get(&session("ann@example.com", "u-1", "n2", 100), 1).is_none());
-        assert!(cache.get(&session("ann@example.com", "u-9", "n1", 100), 1).is_none());
+        assert!(cache.get(&session("ann@example.com", "u-1", "n2"), NOW).is_none());
+        assert!(cache.get(&session("ann@example.com", "u-9", "n1"), NOW).is_none());
         // Never past the token's exp, and forgotten then.
-        assert!(cache.get(&ann, 100).is_none());
+        assert!(cache.get(&ann, NOW + 100).is_none());
         assert!(cache.is_empty());
         for n in ["a", "b", "c"] {
-            cache.put(&session("ann@example.com", "u-1", n, 100), id.clone());
+            cache.put(&session("ann@example.com", "u-1", n), id.clone());
         }
         assert_eq!(cache.len(), 2);
         let mut off = IdentityCache::new(0);
         off.put(&ann, id);
-        assert!(off.get(&ann, 1).is_none());
+        assert!(off.get(&ann, NOW).is_none());
     }
 }
